@@ -1,0 +1,2 @@
+//! Multi-qube application packages: manifest, planner and journaled apply.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Signed package repositories: index format, signatures, verification.
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! In-qube configuration sync: wire protocol, staging, validation, review and
+//! atomic apply.
+#![forbid(unsafe_code)]
