@@ -59,9 +59,19 @@ pub(crate) enum TransportKind {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    #[command(flatten)]
+    Pkg(commands::pkg::PkgCommand),
+    #[command(flatten)]
+    RepoTop(commands::repo::RepoTopCommand),
+    /// Push configuration from the config qube into other qubes.
+    #[command(subcommand)]
+    Sync(commands::sync::SyncCommand),
     /// Check, evaluate and explain qrexec policy.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Control the simulated dom0 used when qpm runs outside Qubes OS.
+    #[command(subcommand)]
+    Sim(commands::sim::SimCommand),
     /// Generate the man page or shell completions.
     #[command(hide = true)]
     Generate(commands::generate::GenerateArgs),

@@ -6,6 +6,7 @@ use crate::cli::GlobalArgs;
 
 /// The outcome of a command, mapped to the process exit status in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code, reason = "variants are used as commands land")]
 pub(crate) enum Status {
     /// 0: done, allowed, clean.
     Success,

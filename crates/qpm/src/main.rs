@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod connect;
 mod ctx;
 
 use std::io::Write;
