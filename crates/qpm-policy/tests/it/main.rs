@@ -1,0 +1,3 @@
+//! Integration tests of the policy engine.
+
+mod conformance;
