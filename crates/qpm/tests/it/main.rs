@@ -1,0 +1,3 @@
+//! CLI tests: they drive the real `qpm` binary.
+
+mod policy;
