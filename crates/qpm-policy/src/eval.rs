@@ -460,7 +460,7 @@ impl Policy {
             }
         };
         match self.first_match(req, &ctx) {
-            Err(Fault) => fault(None),
+            Err(i) => fault(Some(self.rule_ref(i))),
             Ok(None) => Decision::Deny(Denied {
                 reason: DenyReason::NoMatch,
                 notify: true,
@@ -477,16 +477,18 @@ impl Policy {
         self.evaluate(req, sys).is_allowed_noninteractive()
     }
 
+    /// The first matching rule; `Err(index)` when comparing with rule
+    /// `index` makes qrexec's engine fail.
     pub(crate) fn first_match(
         &self,
         req: &Request<'_>,
         ctx: &Ctx<'_, '_>,
-    ) -> Result<Option<usize>, Fault> {
+    ) -> Result<Option<usize>, usize> {
         for i in self.candidates(req.service, req.argument, ctx) {
             let Some(rule) = self.rules.get(i as usize) else {
                 continue;
             };
-            if target_matches(&rule.target, ctx)? {
+            if target_matches(&rule.target, ctx).map_err(|Fault| i as usize)? {
                 return Ok(Some(i as usize));
             }
         }

@@ -141,6 +141,8 @@ enum Frame {
     Dir {
         keys: std::vec::IntoIter<String>,
         base: Arc<str>,
+        /// The `!include-dir` directive, `None` for the policy root.
+        from: Option<At>,
     },
     /// `!compat-4.0`: legacy files, with implicit denies after argument-specific ones.
     Compat {
@@ -154,7 +156,7 @@ enum Step {
     Rule(Rule),
     Directive(crate::parse::Directive, Arc<str>, Format, Arc<str>),
     Fail(LoadError),
-    Open(String, Format, Arc<str>),
+    Open(String, Format, Arc<str>, Option<At>),
     OpenLegacy(CompatEntry, Arc<str>),
     Denies(CompatEntry),
     Pop,
@@ -207,6 +209,7 @@ impl<'s> Loader<'s> {
         self.stack.push(Frame::Dir {
             keys: keys.into_iter(),
             base: root,
+            from: None,
         });
         self.run()?;
         Ok(self.out)
@@ -291,8 +294,8 @@ impl<'s> Loader<'s> {
                         None => Step::Pop,
                     },
                 },
-                Frame::Dir { keys, base } => match keys.next() {
-                    Some(k) => Step::Open(k, Format::New, base.clone()),
+                Frame::Dir { keys, base, from } => match keys.next() {
+                    Some(k) => Step::Open(k, Format::New, base.clone(), from.clone()),
                     None => Step::Pop,
                 },
                 Frame::Compat {
@@ -332,11 +335,11 @@ impl<'s> Loader<'s> {
                     self.directive(d.kind, &format, &base, &at)?;
                 }
                 Step::Fail(e) => return Err(e),
-                Step::Open(key, format, base) => {
-                    let at = At {
+                Step::Open(key, format, base, from) => {
+                    let at = from.unwrap_or_else(|| At {
                         file: Arc::from(key.as_str()),
                         line: None,
-                    };
+                    });
                     self.open(&key, format, base, &at, true)?;
                 }
                 Step::OpenLegacy((service, argument, key), base) => {
@@ -427,6 +430,7 @@ impl<'s> Loader<'s> {
                 self.stack.push(Frame::Dir {
                     keys: keys.into_iter(),
                     base: base.clone(),
+                    from: Some(at.clone()),
                 });
                 Ok(())
             }
