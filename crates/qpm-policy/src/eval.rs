@@ -1,10 +1,9 @@
 //! Evaluating a request exactly as qrexec's policy daemon decides it.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::parse::{ActionKind, Rule};
-use crate::policy::{Bucket, Policy, RuleRef};
+use crate::policy::{Index, Policy, RuleRef, SourceKey};
 use crate::system::{Domain, System};
 use crate::token::{TokenClass, TokenKind, VmToken};
 
@@ -396,38 +395,48 @@ impl Policy {
     /// checked), in order.
     pub(crate) fn candidates<'p>(
         &'p self,
-        service: &str,
-        argument: &str,
-        ctx: &Ctx<'_, '_>,
-    ) -> Merge<'p> {
-        let mut lists: Vec<&'p [u32]> = Vec::with_capacity(16);
-        let mut add = |b: &'p Bucket| {
-            let mut push = |l: Option<&'p Vec<u32>>| {
-                if let Some(l) = l.filter(|l| !l.is_empty()) {
+        req: &'p Request<'_>,
+        ctx: &'p Ctx<'_, '_>,
+    ) -> impl Iterator<Item = u32> + 'p {
+        let idx = self.index();
+        let (svc, arg) = (idx.hash(req.service), idx.hash(req.argument));
+        let mut sources: Vec<(SourceKey, u64)> = Vec::with_capacity(8);
+        sources.push((SourceKey::Name, idx.hash(ctx.source)));
+        if let Some(d) = ctx.src {
+            if let Some(u) = &d.uuid {
+                sources.push((SourceKey::Uuid, idx.hash(u)));
+            }
+            for t in &d.tags {
+                sources.push((SourceKey::Tag, idx.hash(t)));
+            }
+            sources.push((SourceKey::Type, idx.hash(&d.class)));
+        }
+        sources.push((
+            if ctx.src_admin {
+                SourceKey::Admin
+            } else {
+                SourceKey::AnyVm
+            },
+            0,
+        ));
+        sources.push((SourceKey::Wildcard, 0));
+        let mut lists: Vec<&'p [u32]> = Vec::with_capacity(3 * sources.len());
+        for (s, a) in [(svc, arg), (svc, Index::ANY), (Index::ANY, Index::ANY)] {
+            for &(k, v) in &sources {
+                let l = idx.get(Index::key(s, a, k, v));
+                if !l.is_empty() {
                     lists.push(l);
                 }
-            };
-            push(b.by_name.get(ctx.source));
-            if let Some(d) = ctx.src {
-                if let Some(u) = &d.uuid {
-                    push(b.by_uuid.get(u.as_str()));
-                }
-                for t in &d.tags {
-                    push(b.by_tag.get(t.as_str()));
-                }
-                push(b.by_type.get(d.class.as_str()));
             }
-            push(Some(if ctx.src_admin { &b.admin } else { &b.anyvm }));
-            push(Some(&b.wildcard));
-        };
-        if let Some(si) = self.index.by_service.get(service) {
-            if let Some(b) = si.by_arg.get(argument) {
-                add(b);
-            }
-            add(&si.any_arg);
         }
-        add(&self.index.any_service);
-        Merge { lists, last: None }
+        // The index only narrows the search: check each rule for real.
+        Merge { lists, last: None }.filter(move |&i| {
+            self.rules.get(i as usize).is_some_and(|r| {
+                r.service.as_deref().is_none_or(|s| s == req.service)
+                    && r.argument.as_deref().is_none_or(|a| a == req.argument)
+                    && source_matches(&r.source, ctx)
+            })
+        })
     }
 
     /// Decides `req` against `sys` as qrexec would.
@@ -484,7 +493,7 @@ impl Policy {
         req: &Request<'_>,
         ctx: &Ctx<'_, '_>,
     ) -> Result<Option<usize>, usize> {
-        for i in self.candidates(req.service, req.argument, ctx) {
+        for i in self.candidates(req, ctx) {
             let Some(rule) = self.rules.get(i as usize) else {
                 continue;
             };
@@ -526,7 +535,7 @@ impl Policy {
         let mut targets: Vec<String> = match &act.target {
             Some(t) if t.is_admin_vm() => vec!["dom0".to_owned()],
             Some(t) => vec![t.as_str().to_owned()],
-            None => self.collect_targets(req, ctx, None)?.into_iter().collect(),
+            None => self.collect_targets(req, ctx, None)?,
         };
         if !act.autostart_or_default() {
             let mut kept = Vec::with_capacity(targets.len());
@@ -566,48 +575,210 @@ impl Policy {
         }))
     }
 
-    /// The targets an `ask` without `target=` offers. With `trace`, records
-    /// for each contributing rule what it added or removed.
+    /// The targets an `ask` without `target=` offers, sorted. With
+    /// `trace`, records for each contributing rule (last to first) whether
+    /// it added or removed targets, and which.
     pub(crate) fn collect_targets(
         &self,
         req: &Request<'_>,
         ctx: &Ctx<'_, '_>,
         mut trace: Option<&mut Vec<(usize, bool, Vec<String>)>>,
-    ) -> Result<BTreeSet<String>, Fault> {
-        let matching: Vec<u32> = self.candidates(req.service, req.argument, ctx).collect();
-        let mut set = BTreeSet::new();
+    ) -> Result<Vec<String>, Fault> {
+        let matching: Vec<u32> = self.candidates(req, ctx).collect();
+        let mut set = TargetSet::new(ctx.sys);
+        let mut one = trace.is_some().then(|| TargetSet::new(ctx.sys));
         for &i in matching.iter().rev() {
             let Some(rule) = self.rules.get(i as usize) else {
                 continue;
             };
             let tok = rule.action.target.as_ref().unwrap_or(&rule.target);
-            let expansion = expand(tok, ctx.sys)?;
             let add = rule.action.kind != ActionKind::Deny;
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push((i as usize, add, expansion.clone()));
+            set.apply(tok, add)?;
+            if let (Some(tr), Some(one)) = (trace.as_deref_mut(), one.as_mut()) {
+                one.clear();
+                one.apply(tok, true)?;
+                tr.push((i as usize, add, one.names(None, None, false)));
             }
-            for e in expansion {
-                if add {
-                    set.insert(e);
+        }
+        Ok(set.names(Some(ctx.source), ctx.default_dispvm(), true))
+    }
+}
+
+/// A set of ask targets over one system: a bit per qube name, a bit per
+/// `@dispvm:<qube>`, and bits for `@dispvm` and `@adminvm`.
+struct TargetSet<'s> {
+    sys: &'s System,
+    bits: Vec<u64>,
+}
+
+impl<'s> TargetSet<'s> {
+    fn new(sys: &'s System) -> Self {
+        let slots = sys.len().saturating_mul(2).saturating_add(2);
+        Self {
+            sys,
+            bits: vec![0; slots.div_ceil(64)],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bits.fill(0);
+    }
+
+    fn dispvm_slot(&self) -> usize {
+        self.sys.len().saturating_mul(2)
+    }
+
+    fn admin_slot(&self) -> usize {
+        self.dispvm_slot().saturating_add(1)
+    }
+
+    fn set(&mut self, slot: usize, on: bool) {
+        if let Some(w) = self.bits.get_mut(slot / 64) {
+            let m = 1u64 << (slot % 64);
+            if on {
+                *w |= m;
+            } else {
+                *w &= !m;
+            }
+        }
+    }
+
+    fn has(&self, slot: usize) -> bool {
+        self.bits
+            .get(slot / 64)
+            .is_some_and(|w| w & (1u64 << (slot % 64)) != 0)
+    }
+
+    fn name(&mut self, d: u32, on: bool) {
+        self.set(d as usize, on);
+    }
+
+    fn disposable(&mut self, d: u32, on: bool) {
+        self.set(self.sys.len().saturating_add(d as usize), on);
+    }
+
+    /// Adds (or removes) what `tok` stands for.
+    fn apply(&mut self, tok: &VmToken, on: bool) -> Result<(), Fault> {
+        let sys = self.sys;
+        let v = tok.value();
+        match tok.kind() {
+            TokenKind::Wildcard | TokenKind::AnyVm => {
+                // @anyvm stands for every qube but the admin VM: leave its
+                // bit as it was.
+                let keep: Vec<(u32, bool)> = if tok.kind() == TokenKind::AnyVm {
+                    sys.admins()
+                        .iter()
+                        .map(|&d| (d, self.has(d as usize)))
+                        .collect()
                 } else {
-                    set.remove(&e);
+                    Vec::new()
+                };
+                let full = sys.len() / 64;
+                for w in self.bits.iter_mut().take(full) {
+                    *w = if on { u64::MAX } else { 0 };
+                }
+                for d in full * 64..sys.len() {
+                    self.set(d, on);
+                }
+                for (d, was) in keep {
+                    self.name(d, was);
+                }
+                for &d in sys.templates() {
+                    self.disposable(d, on);
+                }
+                self.set(self.dispvm_slot(), on);
+            }
+            TokenKind::AdminVm => self.set(self.admin_slot(), on),
+            TokenKind::Default => {}
+            TokenKind::Type => {
+                for &d in sys.of_class(v) {
+                    self.name(d, on);
+                }
+            }
+            TokenKind::Tag => {
+                for &d in sys.tagged(v) {
+                    self.name(d, on);
+                }
+            }
+            TokenKind::DispVm => self.set(self.dispvm_slot(), on),
+            TokenKind::DispVmName | TokenKind::DispVmUuid => {
+                let d = if tok.kind() == TokenKind::DispVmName {
+                    sys.index_of(v)
+                } else {
+                    sys.index_of_uuid(v)
+                };
+                let d = d.ok_or(Fault)?;
+                if sys.at(d).is_some_and(|x| x.template_for_dispvms) {
+                    self.disposable(u32::try_from(d).unwrap_or(u32::MAX), on);
+                }
+            }
+            TokenKind::DispVmTag => {
+                for &d in sys.tagged(v) {
+                    if sys.at(d as usize).is_some_and(|x| x.template_for_dispvms) {
+                        self.disposable(d, on);
+                    }
+                }
+            }
+            TokenKind::Name | TokenKind::Uuid => {
+                let d = if tok.kind() == TokenKind::Name {
+                    sys.index_of(v)
+                } else {
+                    sys.index_of_uuid(v)
+                };
+                if let Some(d) = d {
+                    self.set(d, on);
                 }
             }
         }
-        if set.remove("@dispvm")
-            && let Some(n) = ctx.default_dispvm()
-        {
-            set.insert(format!("@dispvm:{n}"));
+        Ok(())
+    }
+
+    /// The targets as strings, sorted. With `finish`, as an ask list:
+    /// `@dispvm` becomes `@dispvm:<default_dispvm>` (or nothing),
+    /// `@adminvm` becomes `dom0`, and `source` and internal qubes (also as
+    /// `@dispvm:<internal>`) are left out.
+    fn names(
+        &self,
+        source: Option<&str>,
+        default_dispvm: Option<&str>,
+        finish: bool,
+    ) -> Vec<String> {
+        let sys = self.sys;
+        let n = sys.len();
+        let internal = |name: &str| finish && sys.get(name).is_some_and(|d| d.internal);
+        let mut out = Vec::new();
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let slot = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                if slot < n {
+                    if let Some(d) = sys.at(slot) {
+                        out.push(d.name.clone());
+                    }
+                } else if slot < 2 * n {
+                    if let Some(d) = sys.at(slot - n) {
+                        out.push(format!("@dispvm:{}", d.name));
+                    }
+                } else if slot == 2 * n {
+                    if !finish {
+                        out.push("@dispvm".to_owned());
+                    } else if let Some(dd) = default_dispvm {
+                        out.push(format!("@dispvm:{dd}"));
+                    }
+                } else if slot == 2 * n + 1 {
+                    out.push(if finish { "dom0" } else { "@adminvm" }.to_owned());
+                }
+            }
         }
-        if set.remove("@adminvm") {
-            set.insert("dom0".to_owned());
+        if finish {
+            out.retain(|t| {
+                Some(t.as_str()) != source && !internal(t.strip_prefix("@dispvm:").unwrap_or(t))
+            });
         }
-        set.remove(ctx.source);
-        set.retain(|t| {
-            let name = t.strip_prefix("@dispvm:").unwrap_or(t);
-            !ctx.sys.get(name).is_some_and(|d| d.internal)
-        });
-        Ok(set)
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -632,67 +803,6 @@ fn may_run_without_autostart(target: &str, sys: &System) -> Result<bool, Fault> 
         None => sys.get(target),
     };
     d.map(Domain::is_running).ok_or(Fault)
-}
-
-/// The concrete targets a token stands for, for `ask` target lists.
-fn expand(tok: &VmToken, sys: &System) -> Result<Vec<String>, Fault> {
-    let v = tok.value();
-    let mut out = Vec::new();
-    let all = |out: &mut Vec<String>, with_admin: bool| {
-        for d in sys.domains() {
-            if with_admin || !d.is_admin() {
-                out.push(d.name.clone());
-            }
-            if d.template_for_dispvms {
-                out.push(format!("@dispvm:{}", d.name));
-            }
-        }
-        out.push("@dispvm".to_owned());
-    };
-    match tok.kind() {
-        TokenKind::Wildcard => all(&mut out, true),
-        TokenKind::AnyVm => all(&mut out, false),
-        TokenKind::AdminVm => out.push("@adminvm".to_owned()),
-        TokenKind::Default => {}
-        TokenKind::Type => out.extend(
-            sys.domains()
-                .filter(|d| d.class == v)
-                .map(|d| d.name.clone()),
-        ),
-        TokenKind::Tag => out.extend(
-            sys.domains()
-                .filter(|d| d.has_tag(v))
-                .map(|d| d.name.clone()),
-        ),
-        TokenKind::DispVm => out.push("@dispvm".to_owned()),
-        TokenKind::DispVmName => {
-            if sys.get(v).ok_or(Fault)?.template_for_dispvms {
-                out.push(tok.as_str().to_owned());
-            }
-        }
-        TokenKind::DispVmUuid => {
-            let d = sys.by_uuid(v).ok_or(Fault)?;
-            if d.template_for_dispvms {
-                out.push(format!("@dispvm:{}", d.name));
-            }
-        }
-        TokenKind::DispVmTag => out.extend(
-            sys.domains()
-                .filter(|d| d.template_for_dispvms && d.has_tag(v))
-                .map(|d| format!("@dispvm:{}", d.name)),
-        ),
-        TokenKind::Name => {
-            if sys.get(v).is_some() {
-                out.push(v.to_owned());
-            }
-        }
-        TokenKind::Uuid => {
-            if let Some(d) = sys.by_uuid(v) {
-                out.push(d.name.clone());
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn deny(reason: DenyReason, notify: bool, rule: RuleRef) -> Decision {

@@ -8,6 +8,7 @@ use crate::eval::{Ctx, Request, source_matches};
 use crate::parse::{ActionKind, Rule};
 use crate::policy::{Policy, RuleRef};
 use crate::system::System;
+use crate::text::Text;
 use crate::token::{TokenKind, VmToken};
 
 /// Most earlier rules compared with one rule when looking for shadowing
@@ -218,8 +219,7 @@ impl Policy {
     /// `Some(reason)` when the `ask` rule (without `target=`) can never
     /// offer a target.
     fn ask_without_target(&self, rule: &Rule, system: Option<&System>) -> Option<String> {
-        let compatible =
-            |a: &Option<Box<str>>, b: &Option<Box<str>>| a.is_none() || b.is_none() || a == b;
+        let compatible = |a: &Option<Text>, b: &Option<Text>| a.is_none() || b.is_none() || a == b;
         let Some(sys) = system else {
             // Without qubes, only the case where no rule could ever add one.
             let any = self.rules.iter().any(|r| {

@@ -7,10 +7,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::parse::{
-    Action, ActionKind, DirectiveKind, ErrorKind, Format, Item, MAX_FILE_SIZE, ParseError, Rule,
-    parse_text, validate_service_argument,
+    Action, ActionKind, DirectiveKind, ErrorKind, Format, MAX_FILE_SIZE, ParseError, Parsed, Rule,
+    parse_file_line, validate_service_argument,
 };
 use crate::source::{EntryKind, Source, join_key};
+use crate::text::{Buf, Fields, LineCursor, Text};
 use crate::token::{TokenKind, VmToken};
 
 /// Bounds on what one load may consume. Each is far above any real policy
@@ -123,17 +124,58 @@ pub(crate) struct Loaded {
     pub(crate) rule_file: Vec<u32>,
 }
 
+impl Loaded {
+    /// Reads lines of `f` until one needs the loader (a directive, an error,
+    /// the end of the file); rules go straight into `self`.
+    fn file_lines(&mut self, f: &mut FileFrame, fields: &mut Fields) -> Step {
+        while let Some((lineno, line)) = f.cursor.next_fields(&f.buf, fields) {
+            match parse_file_line(
+                &f.buf,
+                line,
+                fields.of(&f.buf),
+                lineno,
+                &f.format,
+                &mut self.rules,
+            ) {
+                Ok(Parsed::Nothing) => {}
+                Ok(Parsed::Rule) => {
+                    self.rule_file.push(f.id);
+                    if self.rules.len() > MAX_RULES {
+                        return Step::Fail(LoadError::new(
+                            &f.key,
+                            Some(lineno),
+                            ErrorKind::TooLarge,
+                            format!("policy has more than {MAX_RULES} rules"),
+                        ));
+                    }
+                }
+                Ok(Parsed::Directive(d)) => {
+                    return Step::Directive(d, f.key.clone(), f.format.clone(), f.base.clone());
+                }
+                Err(e) => return Step::Fail(LoadError::from_parse(&f.key, e)),
+            }
+        }
+        match f.error.take() {
+            Some(e) => Step::Fail(LoadError::from_parse(&f.key, e)),
+            None => Step::Pop,
+        }
+    }
+}
+
 struct FileFrame {
     key: Arc<str>,
     id: u32,
-    items: std::vec::IntoIter<Item>,
+    /// The text, read line by line as the walk goes (first error wins).
+    buf: Buf,
+    cursor: LineCursor,
+    /// An encoding error after the text in `buf`.
     error: Option<ParseError>,
     format: Format,
     /// Directory key include paths are relative to.
     base: Arc<str>,
 }
 
-type CompatEntry = (Option<Box<str>>, Option<Box<str>>, String);
+type CompatEntry = (Option<Text>, Option<Text>, String);
 
 enum Frame {
     File(FileFrame),
@@ -153,7 +195,6 @@ enum Frame {
 }
 
 enum Step {
-    Rule(Rule),
     Directive(crate::parse::Directive, Arc<str>, Format, Arc<str>),
     Fail(LoadError),
     Open(String, Format, Arc<str>, Option<At>),
@@ -282,18 +323,10 @@ impl<'s> Loader<'s> {
     }
 
     fn run(&mut self) -> Result<(), LoadError> {
+        let mut fields = Fields::new();
         while let Some(frame) = self.stack.last_mut() {
             let step = match frame {
-                Frame::File(f) => match f.items.next() {
-                    Some(Item::Rule(r)) => Step::Rule(r),
-                    Some(Item::Directive(d)) => {
-                        Step::Directive(d, f.key.clone(), f.format.clone(), f.base.clone())
-                    }
-                    None => match f.error.take() {
-                        Some(e) => Step::Fail(LoadError::from_parse(&f.key, e)),
-                        None => Step::Pop,
-                    },
-                },
+                Frame::File(f) => self.out.file_lines(f, &mut fields),
                 Frame::Dir { keys, base, from } => match keys.next() {
                     Some(k) => Step::Open(k, Format::New, base.clone(), from.clone()),
                     None => Step::Pop,
@@ -316,17 +349,6 @@ impl<'s> Loader<'s> {
                 },
             };
             match step {
-                Step::Rule(r) => {
-                    let (key, id) = match self.stack.last() {
-                        Some(Frame::File(f)) => (f.key.clone(), f.id),
-                        _ => continue,
-                    };
-                    let at = At {
-                        file: key,
-                        line: Some(r.line),
-                    };
-                    self.push_rule(r, id, &at)?;
-                }
                 Step::Directive(d, key, format, base) => {
                     let at = At {
                         file: key,
@@ -492,15 +514,16 @@ impl<'s> Loader<'s> {
         let mut out = Vec::with_capacity(files.len());
         for ((service, argument), name) in files {
             let line = at.line.unwrap_or(0);
-            let (service, argument) = validate_service_argument(&service, &argument, line)
-                .map_err(|e| LoadError {
-                    message: format!(
-                        "!compat-4.0: legacy file `{}`: {}",
-                        name.escape_debug(),
-                        e.message
-                    ),
-                    ..LoadError::from_parse(&at.file, e)
-                })?;
+            let (service, argument) =
+                validate_service_argument(Text::from(service), Text::from(argument), line)
+                    .map_err(|e| LoadError {
+                        message: format!(
+                            "!compat-4.0: legacy file `{}`: {}",
+                            name.escape_debug(),
+                            e.message
+                        ),
+                        ..LoadError::from_parse(&at.file, e)
+                    })?;
             out.push((service, argument, join_dir(dir, &name)));
         }
         Ok(out)
@@ -597,15 +620,18 @@ impl<'s> Loader<'s> {
                 format!("policy is larger than {MAX_TOTAL_BYTES} bytes in total"),
             ));
         }
-        let (text, encoding_error) = decode(&bytes);
-        let (parsed, errors) = parse_text(text, &format, true);
-        let error = errors.into_iter().next().or(encoding_error);
+        let (text, error) = decode(bytes);
         let id = self.file_id(&keyarc);
         self.depth = self.depth.saturating_add(1);
+        // Room for this file's rules (rules are about 40 bytes or more).
+        let room = (text.len() / 40).min(MAX_RULES);
+        self.out.rules.reserve(room);
+        self.out.rule_file.reserve(room);
         self.stack.push(Frame::File(FileFrame {
             key: keyarc,
             id,
-            items: parsed.items.into_iter(),
+            buf: Arc::new(text),
+            cursor: LineCursor::default(),
             error,
             format,
             base,
@@ -616,21 +642,23 @@ impl<'s> Loader<'s> {
 
 /// The UTF-8 text of a file up to the line holding its first invalid byte,
 /// and an error for that line.
-fn decode(bytes: &[u8]) -> (&str, Option<ParseError>) {
-    match std::str::from_utf8(bytes) {
+fn decode(bytes: Vec<u8>) -> (String, Option<ParseError>) {
+    match String::from_utf8(bytes) {
         Ok(t) => (t, None),
         Err(e) => {
-            let valid = bytes
-                .get(..e.valid_up_to())
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .unwrap_or_default();
+            let upto = e.utf8_error().valid_up_to();
+            let mut bytes = e.into_bytes();
+            bytes.truncate(upto);
+            let valid = String::from_utf8(bytes).unwrap_or_default();
             let cut = valid.rfind(['\n', '\r']).map_or(0, |p| p.saturating_add(1));
-            let mut line = crate::text::Lines::new(valid).count();
+            let mut line = crate::text::Lines::new(&valid).count();
             if valid.is_empty() || valid.ends_with(['\n', '\r']) {
                 line = line.saturating_add(1);
             }
+            let mut valid = valid;
+            valid.truncate(cut);
             (
-                valid.get(..cut).unwrap_or_default(),
+                valid,
                 Some(ParseError::new(
                     u32::try_from(line).unwrap_or(u32::MAX),
                     ErrorKind::Encoding,
@@ -653,7 +681,7 @@ fn display_dir(dir: &str) -> &str {
     if dir.is_empty() { "." } else { dir }
 }
 
-fn implicit_deny(service: Option<Box<str>>, argument: Option<Box<str>>, target: &str) -> Rule {
+fn implicit_deny(service: Option<Text>, argument: Option<Text>, target: &str) -> Rule {
     let target_kind = if target == "@adminvm" {
         TokenKind::AdminVm
     } else {

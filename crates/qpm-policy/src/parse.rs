@@ -2,8 +2,9 @@
 //! rule of the reference parser.
 
 use std::fmt;
+use std::sync::Arc;
 
-use crate::text::{Lines, py_split, py_strip};
+use crate::text::{Buf, Fields, FieldsIn, LineCursor, Text, py_split, py_strip};
 use crate::token::{TokenClass, TokenError, TokenKind, VmToken};
 
 /// Largest policy file we read, in bytes (4 MiB). Real files are a few KiB.
@@ -161,7 +162,7 @@ pub struct Action {
     /// `default_target=` (ask).
     pub default_target: Option<VmToken>,
     /// `user=` (allow, ask); may be empty.
-    pub user: Option<Box<str>>,
+    pub user: Option<Text>,
     /// `notify=` (all actions).
     pub notify: Option<bool>,
     /// `autostart=` (allow, ask).
@@ -204,9 +205,9 @@ pub struct Rule {
     /// `!compat-4.0` adds after each argument-specific legacy file.
     pub line: u32,
     /// The service, `None` for `*`.
-    pub service: Option<Box<str>>,
+    pub service: Option<Text>,
     /// The argument with its leading `+`, `None` for `*`.
-    pub argument: Option<Box<str>>,
+    pub argument: Option<Text>,
     /// Source column.
     pub source: VmToken,
     /// Target column.
@@ -222,21 +223,21 @@ pub enum DirectiveKind {
     /// `$include:PATH`, which includes another old-format file).
     Include {
         /// The path as written.
-        path: Box<str>,
+        path: Text,
     },
     /// `!include-dir PATH`.
     IncludeDir {
         /// The path as written.
-        path: Box<str>,
+        path: Text,
     },
     /// `!include-service SERVICE ARGUMENT PATH`.
     IncludeService {
         /// The service, `None` for `*`.
-        service: Option<Box<str>>,
+        service: Option<Text>,
         /// The argument, `None` for `*`.
-        argument: Option<Box<str>>,
+        argument: Option<Text>,
         /// The path as written.
-        path: Box<str>,
+        path: Text,
     },
     /// `!compat-4.0`.
     Compat40,
@@ -292,9 +293,9 @@ pub enum Format {
     /// service and argument.
     Old {
         /// The service, `None` for `*`.
-        service: Option<Box<str>>,
+        service: Option<Text>,
         /// The argument, `None` for `*`.
-        argument: Option<Box<str>>,
+        argument: Option<Text>,
     },
 }
 
@@ -309,7 +310,7 @@ impl PolicyFile {
     /// Parses a new-format file, stopping at the first error (the loader's
     /// behaviour).
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let (file, errors) = parse_text(text, &Format::New, true);
+        let (file, errors) = parse_text(&Arc::new(text.to_owned()), &Format::New, true);
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(file),
@@ -319,12 +320,12 @@ impl PolicyFile {
     /// Parses a new-format file and reports **every** line in error (in
     /// line order), together with the items of the lines that parsed.
     pub fn parse_all(text: &str) -> (Self, Vec<ParseError>) {
-        parse_text(text, &Format::New, false)
+        parse_text(&Arc::new(text.to_owned()), &Format::New, false)
     }
 
     /// Like [`PolicyFile::parse`] but for any [`Format`].
     pub fn parse_format(text: &str, format: &Format) -> Result<Self, ParseError> {
-        let (file, errors) = parse_text(text, format, true);
+        let (file, errors) = parse_text(&Arc::new(text.to_owned()), format, true);
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(file),
@@ -352,22 +353,21 @@ impl PolicyFile {
 /// error and the items before it are returned with it; otherwise every line
 /// is tried.
 pub(crate) fn parse_text(
-    text: &str,
+    buf: &Buf,
     format: &Format,
     stop_at_first: bool,
 ) -> (PolicyFile, Vec<ParseError>) {
     let mut items = Vec::new();
     let mut errors = Vec::new();
-    for (lineno, line) in Lines::new(text) {
-        let res = match format {
-            Format::New => parse_line(line, lineno),
-            Format::Old { service, argument } => {
-                parse_old_line(line, lineno, service.as_deref(), argument.as_deref())
-            }
-        };
+    let mut rules = Vec::with_capacity(1);
+    let mut cursor = LineCursor::default();
+    let mut fields = Fields::new();
+    while let Some((lineno, line)) = cursor.next_fields(buf, &mut fields) {
+        let res = parse_file_line(buf, line, fields.of(buf), lineno, format, &mut rules);
         match res {
-            Ok(Some(item)) => items.push(item),
-            Ok(None) => {}
+            Ok(Parsed::Rule) => items.extend(rules.pop().map(Item::Rule)),
+            Ok(Parsed::Directive(d)) => items.push(Item::Directive(d)),
+            Ok(Parsed::Nothing) => {}
             Err(e) => {
                 errors.push(e);
                 if stop_at_first {
@@ -379,23 +379,74 @@ pub(crate) fn parse_text(
     (PolicyFile { items }, errors)
 }
 
+/// What a line held.
+pub(crate) enum Parsed {
+    /// A blank line or a comment.
+    Nothing,
+    /// A rule, pushed onto the caller's vector.
+    Rule,
+    /// A directive.
+    Directive(Directive),
+}
+
+/// Parses one line (a part of `buf`) of a file in `format`; a rule is
+/// pushed onto `rules` (built in place: rules are large).
+pub(crate) fn parse_file_line(
+    buf: &Buf,
+    line: &str,
+    fields: FieldsIn<'_, '_>,
+    lineno: u32,
+    format: &Format,
+    rules: &mut Vec<Rule>,
+) -> Result<Parsed, ParseError> {
+    match format {
+        Format::New => parse_line_into(buf, fields, lineno, rules),
+        Format::Old { service, argument } => parse_old_line(line, lineno, service, argument, rules),
+    }
+}
+
 /// Parses one line of a new-format file. `Ok(None)` for blank lines and
 /// comments.
 pub fn parse_line(line: &str, lineno: u32) -> Result<Option<Item>, ParseError> {
-    let line = py_strip(line);
-    if line.is_empty() || line.starts_with('#') {
-        return Ok(None);
+    let buf: Buf = Arc::new(line.to_owned());
+    let mut rules = Vec::with_capacity(1);
+    let mut fields = Fields::new();
+    let mut cursor = LineCursor::default();
+    // Only the first line of `line` counts.
+    cursor.next_fields(&buf, &mut fields);
+    Ok(
+        match parse_line_into(&buf, fields.of(&buf), lineno, &mut rules)? {
+            Parsed::Nothing => None,
+            Parsed::Rule => rules.pop().map(Item::Rule),
+            Parsed::Directive(d) => Some(Item::Directive(d)),
+        },
+    )
+}
+
+/// `line` is a part of `buf`; the tokens share `buf`.
+fn parse_line_into(
+    buf: &Buf,
+    fields: FieldsIn<'_, '_>,
+    lineno: u32,
+    rules: &mut Vec<Rule>,
+) -> Result<Parsed, ParseError> {
+    // `str.split()` gives the same fields as strip-then-split, and the
+    // stripped line starts with the first field.
+    let Some(first) = fields.get(0) else {
+        return Ok(Parsed::Nothing);
+    };
+    if first.starts_with('#') {
+        return Ok(Parsed::Nothing);
     }
-    if line.starts_with('!') {
-        return parse_directive(line, lineno).map(|d| Some(Item::Directive(d)));
+    if first.starts_with('!') {
+        return parse_directive(buf, fields, lineno).map(Parsed::Directive);
     }
-    let mut fields = py_split(line);
     let (Some(service), Some(argument), Some(source), Some(target), Some(action)) = (
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
+        fields.get(0),
+        fields.get(1),
+        fields.get(2),
+        fields.get(3),
+        fields.get(4),
     ) else {
         return Err(ParseError::new(
             lineno,
@@ -403,17 +454,32 @@ pub fn parse_line(line: &str, lineno: u32) -> Result<Option<Item>, ParseError> {
             "wrong number of fields: a rule needs SERVICE ARGUMENT SOURCE TARGET ACTION",
         ));
     };
-    let (service, argument) = validate_service_argument(service, argument, lineno)?;
-    build_rule(service, argument, source, target, action, fields, lineno)
-        .map(|r| Some(Item::Rule(r)))
+    let (service, argument) = validate_service_argument(
+        Text::within(buf, service),
+        Text::within(buf, argument),
+        lineno,
+    )?;
+    build_rule(
+        buf,
+        service,
+        argument,
+        source,
+        target,
+        action,
+        fields.from(5),
+        lineno,
+        rules,
+    )?;
+    Ok(Parsed::Rule)
 }
 
 fn directive_params<const N: usize>(
+    buf: &Buf,
     params: &[&str],
     keyword: &str,
     usage: &str,
     lineno: u32,
-) -> Result<[Box<str>; N], ParseError> {
+) -> Result<[Text; N], ParseError> {
     if params.len() != N {
         return Err(ParseError::new(
             lineno,
@@ -425,31 +491,35 @@ fn directive_params<const N: usize>(
         ));
     }
     Ok(std::array::from_fn(|i| {
-        params.get(i).copied().unwrap_or_default().into()
+        Text::within(buf, params.get(i).copied().unwrap_or_default())
     }))
 }
 
-fn parse_directive(line: &str, lineno: u32) -> Result<Directive, ParseError> {
-    let mut fields = py_split(line);
-    let keyword = fields.next().unwrap_or_default();
-    let params: Vec<&str> = fields.collect();
+fn parse_directive(
+    buf: &Buf,
+    fields: FieldsIn<'_, '_>,
+    lineno: u32,
+) -> Result<Directive, ParseError> {
+    let keyword = fields.get(0).unwrap_or_default();
+    let params: Vec<&str> = fields.from(1).collect();
     let kind = match keyword {
         "!include" => {
-            let [path] = directive_params::<1>(&params, keyword, "!include PATH", lineno)?;
+            let [path] = directive_params::<1>(buf, &params, keyword, "!include PATH", lineno)?;
             DirectiveKind::Include { path }
         }
         "!include-dir" => {
-            let [path] = directive_params::<1>(&params, keyword, "!include-dir PATH", lineno)?;
+            let [path] = directive_params::<1>(buf, &params, keyword, "!include-dir PATH", lineno)?;
             DirectiveKind::IncludeDir { path }
         }
         "!include-service" => {
             let [service, argument, path] = directive_params::<3>(
+                buf,
                 &params,
                 keyword,
                 "!include-service SERVICE ARGUMENT PATH",
                 lineno,
             )?;
-            let (service, argument) = validate_service_argument(&service, &argument, lineno)?;
+            let (service, argument) = validate_service_argument(service, argument, lineno)?;
             DirectiveKind::IncludeService {
                 service,
                 argument,
@@ -457,7 +527,7 @@ fn parse_directive(line: &str, lineno: u32) -> Result<Directive, ParseError> {
             }
         }
         "!compat-4.0" => {
-            directive_params::<0>(&params, keyword, "!compat-4.0", lineno)?;
+            directive_params::<0>(buf, &params, keyword, "!compat-4.0", lineno)?;
             DirectiveKind::Compat40
         }
         other => {
@@ -478,17 +548,20 @@ fn parse_directive(line: &str, lineno: u32) -> Result<Directive, ParseError> {
 fn parse_old_line(
     line: &str,
     lineno: u32,
-    service: Option<&str>,
-    argument: Option<&str>,
-) -> Result<Option<Item>, ParseError> {
+    service: &Option<Text>,
+    argument: &Option<Text>,
+    rules: &mut Vec<Rule>,
+) -> Result<Parsed, ParseError> {
     let line = py_strip(line);
     if line.is_empty() || line.starts_with('#') {
-        return Ok(None);
+        return Ok(Parsed::Nothing);
     }
-    let line = line
-        .replace("$include:", "!include ")
-        .replace('$', "@")
-        .replace(',', " ");
+    let line: Buf = Arc::new(
+        line.replace("$include:", "!include ")
+            .replace('$', "@")
+            .replace(',', " "),
+    );
+    let buf = &line;
     if line.starts_with('!') {
         let mut fields = py_split(&line);
         let keyword = fields.next().unwrap_or_default();
@@ -503,11 +576,11 @@ fn parse_old_line(
             ));
         }
         let params: Vec<&str> = fields.collect();
-        let [path] = directive_params::<1>(&params, keyword, "!include PATH", lineno)?;
-        return Ok(Some(Item::Directive(Directive {
+        let [path] = directive_params::<1>(buf, &params, keyword, "!include PATH", lineno)?;
+        return Ok(Parsed::Directive(Directive {
             line: lineno,
             kind: DirectiveKind::Include { path },
-        })));
+        }));
     }
     let mut fields = py_split(&line);
     let (Some(source), Some(target), Some(action)) = (fields.next(), fields.next(), fields.next())
@@ -519,15 +592,17 @@ fn parse_old_line(
         ));
     };
     build_rule(
-        service.map(Into::into),
-        argument.map(Into::into),
+        buf,
+        service.clone(),
+        argument.clone(),
         source,
         target,
         action,
         fields,
         lineno,
-    )
-    .map(|r| Some(Item::Rule(r)))
+        rules,
+    )?;
+    Ok(Parsed::Rule)
 }
 
 /// Characters allowed in a service name (`RPCNAME_ALLOWED_CHARSET` without `+`).
@@ -537,6 +612,29 @@ fn service_char_ok(c: char) -> bool {
 
 fn argument_char_ok(c: char) -> bool {
     service_char_ok(c) || c == '+'
+}
+
+/// For each byte: 1 if it may be in a service, 2 if in an argument.
+const RPC_CHARS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        let base = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        t[i] = if base {
+            3
+        } else if c == b'+' {
+            2
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+fn all_rpc_chars(s: &str, mask: u8) -> bool {
+    s.bytes().all(|b| RPC_CHARS[b as usize] & mask != 0)
 }
 
 fn bad_chars(s: &str, ok: fn(char) -> bool) -> String {
@@ -552,13 +650,13 @@ fn bad_chars(s: &str, ok: fn(char) -> bool) -> String {
 /// Validates the service and argument columns; `*` becomes `None`.
 #[allow(clippy::type_complexity)]
 pub(crate) fn validate_service_argument(
-    service: &str,
-    argument: &str,
+    service_text: Text,
+    argument_text: Text,
     lineno: u32,
-) -> Result<(Option<Box<str>>, Option<Box<str>>), ParseError> {
-    let service = (service != "*").then_some(service);
+) -> Result<(Option<Text>, Option<Text>), ParseError> {
+    let service = (&*service_text != "*").then_some(&*service_text);
     if let Some(s) = service
-        && !s.chars().all(service_char_ok)
+        && !all_rpc_chars(s, 1)
     {
         return Err(ParseError::new(
             lineno,
@@ -570,9 +668,9 @@ pub(crate) fn validate_service_argument(
             ),
         ));
     }
-    let argument = (argument != "*").then_some(argument);
+    let argument = (&*argument_text != "*").then_some(&*argument_text);
     if let Some(a) = argument {
-        if !a.chars().all(argument_char_ok) {
+        if !all_rpc_chars(a, 2) {
             return Err(ParseError::new(
                 lineno,
                 ErrorKind::ArgumentChars,
@@ -604,11 +702,21 @@ pub(crate) fn validate_service_argument(
             ));
         }
     }
-    Ok((service.map(Into::into), argument.map(Into::into)))
+    let (service, argument) = (service.is_some(), argument.is_some());
+    Ok((
+        service.then_some(service_text),
+        argument.then_some(argument_text),
+    ))
 }
 
-fn token(text: &str, class: TokenClass, what: &str, lineno: u32) -> Result<VmToken, ParseError> {
-    VmToken::parse(text, class).map_err(|e| {
+fn token(
+    buf: &Buf,
+    text: &str,
+    class: TokenClass,
+    what: &str,
+    lineno: u32,
+) -> Result<VmToken, ParseError> {
+    VmToken::parse_text(Text::within(buf, text), class).map_err(|e| {
         let why = match e {
             TokenError::Empty => "is empty".to_owned(),
             TokenError::EmptyValue { prefix } => format!("has nothing after `{prefix}`"),
@@ -638,17 +746,20 @@ fn allowed_hint(class: TokenClass) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_rule<'a>(
-    service: Option<Box<str>>,
-    argument: Option<Box<str>>,
+    buf: &Buf,
+    service: Option<Text>,
+    argument: Option<Text>,
     source: &str,
     target: &str,
     action: &str,
     params: impl Iterator<Item = &'a str>,
     lineno: u32,
-) -> Result<Rule, ParseError> {
-    let source = token(source, TokenClass::Source, "source", lineno)?;
-    let target = token(target, TokenClass::Target, "target", lineno)?;
+    rules: &mut Vec<Rule>,
+) -> Result<(), ParseError> {
+    let source = token(buf, source, TokenClass::Source, "source", lineno)?;
+    let target = token(buf, target, TokenClass::Target, "target", lineno)?;
     let kind = match action {
         "allow" => ActionKind::Allow,
         "deny" => ActionKind::Deny,
@@ -665,7 +776,8 @@ fn build_rule<'a>(
         }
     };
     let mut act = Action::new(kind);
-    let mut seen: Vec<&str> = Vec::new();
+    const KEYS: [&str; 5] = ["target", "default_target", "user", "notify", "autostart"];
+    let mut seen = [false; KEYS.len()];
     for param in params {
         let Some((key, value)) = param.split_once('=') else {
             let hint = if param.starts_with('#') {
@@ -682,14 +794,6 @@ fn build_rule<'a>(
                 ),
             ));
         };
-        if seen.contains(&key) {
-            return Err(ParseError::new(
-                lineno,
-                ErrorKind::ParamDuplicate,
-                format!("parameter given twice: `{}`", key.escape_debug()),
-            ));
-        }
-        seen.push(key);
         let allowed = match kind {
             ActionKind::Deny => &["notify"][..],
             ActionKind::Allow => &["target", "user", "notify", "autostart"][..],
@@ -712,6 +816,17 @@ fn build_rule<'a>(
             "autostart" => act.autostart = Some(boolean(value)?),
             _ => {}
         }
+        let known = KEYS.iter().position(|k| *k == key);
+        if let Some(was) = known.and_then(|i| seen.get_mut(i)) {
+            if *was {
+                return Err(ParseError::new(
+                    lineno,
+                    ErrorKind::ParamDuplicate,
+                    format!("parameter given twice: `{}`", key.escape_debug()),
+                ));
+            }
+            *was = true;
+        }
         if !allowed.contains(&key) {
             return Err(ParseError::new(
                 lineno,
@@ -724,16 +839,19 @@ fn build_rule<'a>(
             ));
         }
         match key {
-            "target" => act.target = Some(token(value, TokenClass::Redirect, "target=", lineno)?),
+            "target" => {
+                act.target = Some(token(buf, value, TokenClass::Redirect, "target=", lineno)?)
+            }
             "default_target" => {
                 act.default_target = Some(token(
+                    buf,
                     value,
                     TokenClass::Redirect,
                     "default_target=",
                     lineno,
                 )?);
             }
-            "user" => act.user = Some(value.into()),
+            "user" => act.user = Some(Text::within(buf, value)),
             _ => {}
         }
     }
@@ -744,12 +862,13 @@ fn build_rule<'a>(
             "an `allow` rule with target @default must say where the call goes with target=",
         ));
     }
-    Ok(Rule {
+    rules.push(Rule {
         line: lineno,
         service,
         argument,
         source,
         target,
         action: act,
-    })
+    });
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //! an index by service, argument and source.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::load::{LoadError, LoadOptions, Loader};
 use crate::parse::Rule;
@@ -31,63 +32,144 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
-/// Rule indices of one (service, argument) group, split by the kind of
-/// source column so that a request only looks at rules its source can match.
-#[derive(Debug, Default)]
-pub(crate) struct Bucket {
-    pub(crate) by_name: HashMap<Box<str>, Vec<u32>>,
-    pub(crate) by_uuid: HashMap<Box<str>, Vec<u32>>,
-    pub(crate) by_tag: HashMap<Box<str>, Vec<u32>>,
-    pub(crate) by_type: HashMap<Box<str>, Vec<u32>>,
-    pub(crate) admin: Vec<u32>,
-    pub(crate) anyvm: Vec<u32>,
-    pub(crate) wildcard: Vec<u32>,
+/// The kind of source column a rule is filed under in the index. Rules
+/// with a `@dispvm:` source never match a caller and are not indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SourceKey {
+    Name = 1,
+    Uuid = 2,
+    Tag = 3,
+    Type = 4,
+    Admin = 5,
+    AnyVm = 6,
+    Wildcard = 7,
 }
 
-impl Bucket {
-    fn add(&mut self, i: u32, rule: &Rule) {
-        let v = rule.source.value();
-        match rule.source.kind() {
-            TokenKind::Name => self.by_name.entry(v.into()).or_default().push(i),
-            TokenKind::Uuid => self.by_uuid.entry(v.into()).or_default().push(i),
-            TokenKind::Tag => self.by_tag.entry(v.into()).or_default().push(i),
-            TokenKind::Type => self.by_type.entry(v.into()).or_default().push(i),
-            TokenKind::AdminVm => self.admin.push(i),
-            TokenKind::AnyVm => self.anyvm.push(i),
-            TokenKind::Wildcard => self.wildcard.push(i),
-            // `@dispvm:...` sources never match a calling qube.
-            _ => {}
+/// A hasher that passes `u64` keys through (they are already keyed hashes).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct ServiceIndex {
-    pub(crate) by_arg: HashMap<Box<str>, Bucket>,
-    pub(crate) any_arg: Bucket,
-}
+type PassThroughMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PassThrough>>;
 
+/// Rules by (service, argument, source): a request looks only at the lists
+/// its service, argument and caller can match, merged in rule order.
+///
+/// Keys are keyed (per policy, random) hashes, so a crafted policy cannot
+/// flood a bucket; every candidate is still checked against the request,
+/// so a collision costs time, never correctness.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    pub(crate) by_service: HashMap<Box<str>, ServiceIndex>,
-    pub(crate) any_service: Bucket,
+    hasher: RandomState,
+    /// Key -> range in `rules`.
+    slots: PassThroughMap<(u32, u32)>,
+    /// Rule numbers, grouped by key, each group in rule order.
+    rules: Vec<u32>,
+}
+
+/// splitmix64's finaliser: spreads the combined hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Index {
+    /// Hash standing for `*` in the service or argument column.
+    pub(crate) const ANY: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    /// The keyed hash of a service, argument or source value.
+    pub(crate) fn hash(&self, s: &str) -> u64 {
+        self.hasher.hash_one(s)
+    }
+
+    /// The slot key of a (service, argument, source) triple of hashes.
+    pub(crate) fn key(svc: u64, arg: u64, kind: SourceKey, value: u64) -> u64 {
+        mix(svc
+            ^ arg.rotate_left(21)
+            ^ value.rotate_left(42)
+            ^ (kind as u64).wrapping_mul(0xd6e8_feb8_6659_fd93))
+    }
+
+    /// The rules filed under `key`, in order.
+    pub(crate) fn get(&self, key: u64) -> &[u32] {
+        match self.slots.get(&key) {
+            Some(&(start, end)) => self
+                .rules
+                .get(start as usize..end as usize)
+                .unwrap_or_default(),
+            None => &[],
+        }
+    }
+
     fn build(rules: &[Rule]) -> Self {
         let mut idx = Index::default();
+        let mut keyed: Vec<(u64, u32)> = Vec::with_capacity(rules.len());
+        // Consecutive rules often share a service: hash it once.
+        let mut last_svc: Option<(&str, u64)> = None;
         for (i, r) in rules.iter().enumerate() {
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
-            match (&r.service, &r.argument) {
-                (None, _) => idx.any_service.add(i, r),
-                (Some(s), a) => {
-                    let si = idx.by_service.entry(s.clone()).or_default();
-                    match a {
-                        Some(a) => si.by_arg.entry(a.clone()).or_default().add(i, r),
-                        None => si.any_arg.add(i, r),
+            let kind = match r.source.kind() {
+                TokenKind::Name => SourceKey::Name,
+                TokenKind::Uuid => SourceKey::Uuid,
+                TokenKind::Tag => SourceKey::Tag,
+                TokenKind::Type => SourceKey::Type,
+                TokenKind::AdminVm => SourceKey::Admin,
+                TokenKind::AnyVm => SourceKey::AnyVm,
+                TokenKind::Wildcard => SourceKey::Wildcard,
+                // `@dispvm:...` sources never match a calling qube.
+                _ => continue,
+            };
+            let svc = match r.service.as_deref() {
+                None => Self::ANY,
+                Some(s) => match last_svc {
+                    Some((ls, h)) if ls == s => h,
+                    _ => {
+                        let h = idx.hash(s);
+                        last_svc = Some((s, h));
+                        h
                     }
+                },
+            };
+            let arg = r.argument.as_deref().map_or(Self::ANY, |a| idx.hash(a));
+            let value = match kind {
+                SourceKey::Name | SourceKey::Uuid | SourceKey::Tag | SourceKey::Type => {
+                    idx.hash(r.source.value())
                 }
+                _ => 0,
+            };
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            keyed.push((Self::key(svc, arg, kind, value), i));
+        }
+        keyed.sort_unstable();
+        idx.rules = keyed.iter().map(|&(_, i)| i).collect();
+        idx.slots.reserve(keyed.len() / 2);
+        let mut start = 0usize;
+        for w in keyed.chunk_by(|a, b| a.0 == b.0) {
+            let end = start.saturating_add(w.len());
+            if let Some(&(k, _)) = w.first() {
+                idx.slots.insert(
+                    k,
+                    (
+                        u32::try_from(start).unwrap_or(u32::MAX),
+                        u32::try_from(end).unwrap_or(u32::MAX),
+                    ),
+                );
             }
+            start = end;
         }
         idx
     }
@@ -102,7 +184,8 @@ pub struct Policy {
     pub(crate) files: Vec<Arc<str>>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) rule_file: Vec<u32>,
-    pub(crate) index: Index,
+    /// Built on first use: loading only to validate needs none.
+    index: OnceLock<Index>,
 }
 
 impl Policy {
@@ -171,13 +254,25 @@ impl Policy {
     }
 
     pub(crate) fn from_parts(files: Vec<Arc<str>>, rules: Vec<Rule>, rule_file: Vec<u32>) -> Self {
-        let index = Index::build(&rules);
         Self {
             files,
             rules,
             rule_file,
-            index,
+            index: OnceLock::new(),
         }
+    }
+
+    /// The index, built on first use.
+    pub(crate) fn index(&self) -> &Index {
+        self.index.get_or_init(|| Index::build(&self.rules))
+    }
+
+    /// Builds the evaluation index now rather than on the first
+    /// [`Policy::evaluate`] (which otherwise pays for it, about as much as
+    /// loading). Loading only to validate never needs it.
+    pub fn prepare(&self) -> &Self {
+        self.index();
+        self
     }
 
     /// Number of rules.

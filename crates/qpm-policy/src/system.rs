@@ -134,6 +134,10 @@ pub struct System {
     domains: Vec<Domain>,
     by_name: HashMap<String, usize>,
     by_uuid: HashMap<String, usize>,
+    by_tag: HashMap<String, Vec<u32>>,
+    by_class: HashMap<String, Vec<u32>>,
+    templates: Vec<u32>,
+    admins: Vec<u32>,
 }
 
 impl PartialEq for System {
@@ -185,11 +189,29 @@ impl System {
             self.reindex();
         }
         let i = self.domains.len();
-        self.by_name.insert(domain.name.clone(), i);
-        if let Some(u) = &domain.uuid {
+        self.index_one(i, &domain);
+        self.domains.push(domain);
+    }
+
+    fn index_one(&mut self, i: usize, d: &Domain) {
+        self.by_name.insert(d.name.clone(), i);
+        if let Some(u) = &d.uuid {
             self.by_uuid.entry(u.clone()).or_insert(i);
         }
-        self.domains.push(domain);
+        let n = u32::try_from(i).unwrap_or(u32::MAX);
+        let mut tags: Vec<&String> = d.tags.iter().collect();
+        tags.sort();
+        tags.dedup();
+        for t in tags {
+            self.by_tag.entry(t.clone()).or_default().push(n);
+        }
+        self.by_class.entry(d.class.clone()).or_default().push(n);
+        if d.template_for_dispvms {
+            self.templates.push(n);
+        }
+        if d.is_admin() {
+            self.admins.push(n);
+        }
     }
 
     /// Removes a qube by name.
@@ -203,12 +225,15 @@ impl System {
     fn reindex(&mut self) {
         self.by_name.clear();
         self.by_uuid.clear();
-        for (i, d) in self.domains.iter().enumerate() {
-            self.by_name.insert(d.name.clone(), i);
-            if let Some(u) = &d.uuid {
-                self.by_uuid.entry(u.clone()).or_insert(i);
-            }
+        self.by_tag.clear();
+        self.by_class.clear();
+        self.templates.clear();
+        self.admins.clear();
+        let domains = std::mem::take(&mut self.domains);
+        for (i, d) in domains.iter().enumerate() {
+            self.index_one(i, d);
         }
+        self.domains = domains;
     }
 
     /// The qube called `name`.
@@ -216,11 +241,39 @@ impl System {
         self.by_name.get(name).and_then(|&i| self.domains.get(i))
     }
 
-    /// A mutable reference to the qube called `name`. Do not change its
-    /// name or UUID through it (use [`System::insert`]).
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Domain> {
-        let i = *self.by_name.get(name)?;
-        self.domains.get_mut(i)
+    /// Position of the qube called `name` in [`System::domains`].
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Position of the qube with UUID `uuid`.
+    pub(crate) fn index_of_uuid(&self, uuid: &str) -> Option<usize> {
+        self.by_uuid.get(uuid).copied()
+    }
+
+    /// The qube at position `i`.
+    pub(crate) fn at(&self, i: usize) -> Option<&Domain> {
+        self.domains.get(i)
+    }
+
+    /// Positions of the qubes tagged `tag`.
+    pub(crate) fn tagged(&self, tag: &str) -> &[u32] {
+        self.by_tag.get(tag).map_or(&[], Vec::as_slice)
+    }
+
+    /// Positions of the qubes of class `class`.
+    pub(crate) fn of_class(&self, class: &str) -> &[u32] {
+        self.by_class.get(class).map_or(&[], Vec::as_slice)
+    }
+
+    /// Positions of the disposable templates.
+    pub(crate) fn templates(&self) -> &[u32] {
+        &self.templates
+    }
+
+    /// Positions of the admin VMs (normally just dom0).
+    pub(crate) fn admins(&self) -> &[u32] {
+        &self.admins
     }
 
     /// The qube with UUID `uuid` (without `uuid:`).

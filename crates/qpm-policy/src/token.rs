@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::text::Text;
+
 /// The UUID of the admin VM (dom0).
 pub const ADMIN_VM_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
@@ -119,7 +121,7 @@ pub enum TokenError {
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct VmToken {
-    raw: Box<str>,
+    raw: Text,
     kind: TokenKind,
 }
 
@@ -186,26 +188,39 @@ impl VmToken {
 
     /// Parses `text` as a token of `class`.
     pub fn parse(text: &str, class: TokenClass) -> Result<Self, TokenError> {
+        Self::check(text, class)?;
+        Self::parse_text(Text::from(text), class)
+    }
+
+    /// The kind `text` would have in `class`, without building a token.
+    pub fn check(text: &str, class: TokenClass) -> Result<TokenKind, TokenError> {
         let kind = Self::classify(text)?;
         if !kind.allowed_in(class) {
             return Err(TokenError::Invalid);
         }
-        Ok(Self {
-            raw: text.into(),
-            kind,
-        })
+        Ok(kind)
+    }
+
+    pub(crate) fn parse_text(raw: Text, class: TokenClass) -> Result<Self, TokenError> {
+        let kind = Self::check(&raw, class)?;
+        Ok(Self { raw, kind })
     }
 
     /// A token whose kind is known to be right for `raw`.
     pub(crate) fn new_unchecked(raw: &str, kind: TokenKind) -> Self {
         Self {
-            raw: raw.into(),
+            raw: Text::from(raw),
             kind,
         }
     }
 
     /// The token exactly as written.
     pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The token as a shared [`Text`].
+    pub fn text(&self) -> &Text {
         &self.raw
     }
 
@@ -219,22 +234,26 @@ impl VmToken {
     /// [`TokenKind::Uuid`] and [`TokenKind::DispVmUuid`], the tag or class
     /// for the tag and type kinds, and the whole text otherwise.
     pub fn value(&self) -> &str {
-        let raw = &*self.raw;
-        let strip = |p: &str| raw.strip_prefix(p).unwrap_or(raw);
-        match self.kind {
-            TokenKind::Uuid => strip("uuid:"),
-            TokenKind::Type => strip("@type:"),
-            TokenKind::Tag => strip("@tag:"),
-            TokenKind::DispVmName => strip("@dispvm:"),
-            TokenKind::DispVmUuid => strip("@dispvm:uuid:"),
-            TokenKind::DispVmTag => strip("@dispvm:@tag:"),
-            _ => raw,
-        }
+        value_of(self.kind, &self.raw)
     }
 
     /// Whether this token denotes the admin VM (dom0).
     pub fn is_admin_vm(&self) -> bool {
         self.kind == TokenKind::AdminVm
+    }
+}
+
+/// The value part of `raw`, a token of kind `kind`.
+pub(crate) fn value_of(kind: TokenKind, raw: &str) -> &str {
+    let strip = |p: &str| raw.strip_prefix(p).unwrap_or(raw);
+    match kind {
+        TokenKind::Uuid => strip("uuid:"),
+        TokenKind::Type => strip("@type:"),
+        TokenKind::Tag => strip("@tag:"),
+        TokenKind::DispVmName => strip("@dispvm:"),
+        TokenKind::DispVmUuid => strip("@dispvm:uuid:"),
+        TokenKind::DispVmTag => strip("@dispvm:@tag:"),
+        _ => raw,
     }
 }
 
