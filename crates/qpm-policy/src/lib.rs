@@ -29,4 +29,5 @@ pub use parse::{
 pub use policy::{Policy, RuleRef};
 pub use source::{DirSource, EntryKind, MemorySource, Overlay, Source};
 pub use system::{ADMIN_VM_CLASS, Domain, System, SystemError};
+pub use text::Text;
 pub use token::{ADMIN_VM_UUID, TokenClass, TokenError, TokenKind, VmToken};
