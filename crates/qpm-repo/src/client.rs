@@ -679,10 +679,9 @@ impl Client {
                 (Some(p), _) if *p == repo.name => {
                     claims.insert(name.to_owned(), repo.name.clone());
                 }
-                (Some(p), _) => rep.refused.push(Refused {
-                    package: name.to_owned(),
-                    owner: p.clone(),
-                }),
+                // Pinned elsewhere by the user: not this repository's, and
+                // not an error either.
+                (Some(_), _) => {}
                 (None, Some(owner)) if *owner != repo.name => rep.refused.push(Refused {
                     package: name.to_owned(),
                     owner: owner.clone(),

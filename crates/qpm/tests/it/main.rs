@@ -1,0 +1,3 @@
+//! Integration tests of the `qpm` binary.
+
+mod repo;
