@@ -103,7 +103,12 @@ fn gz_tar(name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> Vec<u8
 #[test]
 fn signed_archive_with_traversal_or_symlink_is_refused() {
     let mut s = setup();
-    let bad1 = gz_tar(b"../../../../tmp/qpm-pwned", tar::EntryType::Regular, b"", b"x");
+    let bad1 = gz_tar(
+        b"../../../../tmp/qpm-pwned",
+        tar::EntryType::Regular,
+        b"",
+        b"x",
+    );
     let bad2 = gz_tar(b"qpm.toml", tar::EntryType::Symlink, b"/etc/passwd", b"");
     forge(
         &s.repo,
@@ -117,7 +122,10 @@ fn signed_archive_with_traversal_or_symlink_is_refused() {
     let r = s.client.update(&[], &mut |_, _, _| {}).unwrap();
     assert_eq!(r[0].status, UpdateStatus::Updated);
     for (v, want) in [("1.0.0", "`..`"), ("2.0.0", "links")] {
-        let res = s.client.resolve(&format!("evil@{v}").parse().unwrap()).unwrap();
+        let res = s
+            .client
+            .resolve(&format!("evil@{v}").parse().unwrap())
+            .unwrap();
         let e = s.client.fetch(&res, &mut |_, _| {}).unwrap_err();
         assert!(matches!(e, Error::Archive { .. }), "{e}");
         assert!(e.to_string().contains(want), "{e}");
@@ -154,24 +162,48 @@ fn padded_or_swapped_archive_is_refused() {
     assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
     // Right size and hash, but another package inside (mix-and-match).
     let (_, other) = qpm_repo::archive::build_bytes(&examples().join("dangerzone/2.0.0")).unwrap();
-    forge(&s.repo, &s.key, 2, vec![(entry("dangerzone", "1.0.0", &other), other)]);
+    forge(
+        &s.repo,
+        &s.key,
+        2,
+        vec![(entry("dangerzone", "1.0.0", &other), other)],
+    );
     s.client.update(&[], &mut |_, _, _| {}).unwrap();
     let res = s.client.resolve(&"dangerzone".parse().unwrap()).unwrap();
     let e = s.client.fetch(&res, &mut |_, _| {}).unwrap_err();
-    assert!(e.to_string().contains("promises dangerzone 1.0.0 but the archive holds dangerzone 2.0.0"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("promises dangerzone 1.0.0 but the archive holds dangerzone 2.0.0"),
+        "{e}"
+    );
 }
 
 #[test]
 fn same_version_with_other_content_is_refused() {
     let mut s = setup();
     let (_, a) = qpm_repo::archive::build_bytes(&examples().join("dangerzone/1.0.0")).unwrap();
-    forge(&s.repo, &s.key, 5, vec![(entry("dangerzone", "1.0.0", &a), a.clone())]);
+    forge(
+        &s.repo,
+        &s.key,
+        5,
+        vec![(entry("dangerzone", "1.0.0", &a), a.clone())],
+    );
     s.client.update(&[], &mut |_, _, _| {}).unwrap();
     let (_, b) = qpm_repo::archive::build_bytes(&examples().join("dangerzone/2.0.0")).unwrap();
-    forge(&s.repo, &s.key, 5, vec![(entry("dangerzone", "2.0.0", &b), b)]);
+    forge(
+        &s.repo,
+        &s.key,
+        5,
+        vec![(entry("dangerzone", "2.0.0", &b), b)],
+    );
     let r = s.client.update(&[], &mut |_, _, _| {}).unwrap();
     assert_eq!(r[0].status, UpdateStatus::Failed);
-    assert!(r[0].error.as_deref().unwrap().contains("different index under version 5"));
+    assert!(
+        r[0].error
+            .as_deref()
+            .unwrap()
+            .contains("different index under version 5")
+    );
 }
 
 #[test]
@@ -192,7 +224,8 @@ fn expiry_is_checked_at_resolution_too() {
     .unwrap();
     let paths = Paths::under(dir.path().join("home"));
     let mut c = Client::open(paths.clone()).unwrap().with_now(exp - 10);
-    c.add_repo("main", repo.to_str().unwrap(), &key.public()).unwrap();
+    c.add_repo("main", repo.to_str().unwrap(), &key.public())
+        .unwrap();
     c.update(&[], &mut |_, _, _| {}).unwrap();
     let spec: PackageSpec = "dangerzone@1".parse().unwrap();
     assert_eq!(c.resolve(&spec).unwrap().entry.version.to_string(), "1.0.0");

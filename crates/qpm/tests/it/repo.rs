@@ -650,6 +650,230 @@ fn update_with_a_thousand_packages_costs_one_request_when_unchanged() {
     );
 }
 
+// ---------------------------------------------------------------- packaging
+
+/// The directory holding `qpm`, `qpm-agent` and `qpm-dom0`, building the
+/// last two if this test run did not.
+fn binaries() -> PathBuf {
+    let qpm = PathBuf::from(env!("CARGO_BIN_EXE_qpm"));
+    let dir = qpm.parent().unwrap().to_owned();
+    if !dir.join("qpm-agent").is_file() || !dir.join("qpm-dom0").is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut c = Command::new(cargo);
+        c.args(["build", "-q", "-p", "qpm-agent", "-p", "qpm-dom0"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+        if profile == "release" {
+            c.arg("--release");
+        }
+        let st = c.status().unwrap();
+        assert!(st.success(), "building qpm-agent and qpm-dom0 failed");
+    }
+    dir
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn packages_build_with_the_right_contents_and_the_deb_installs() {
+    if !require_tool("dpkg-deb") || !require_tool("rpmbuild") {
+        return;
+    }
+    let bin = binaries();
+    let out = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/build.sh");
+    let o = Command::new("bash")
+        .arg(&script)
+        .args(["--fast", "--bindir"])
+        .arg(&bin)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let version = env!("CARGO_PKG_VERSION");
+    let p = |n: &str| out.path().join(n).to_string_lossy().into_owned();
+    let arch = run("dpkg", &["--print-architecture"]).trim().to_owned();
+    let deb_qpm = p(&format!("qpm_{version}_{arch}.deb"));
+    let deb_agent = p(&format!("qpm-agent_{version}_{arch}.deb"));
+
+    // deb contents: path -> mode, owner.
+    let listing = |deb: &str| -> Vec<(String, String)> {
+        run("dpkg-deb", &["-c", deb])
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(f[1], "root/root", "{l}");
+                (f[5].trim_start_matches('.').to_owned(), f[0].to_owned())
+            })
+            .filter(|(path, mode)| !mode.starts_with('d') && !path.is_empty())
+            .collect()
+    };
+    let agent = listing(&deb_agent);
+    assert_eq!(
+        agent,
+        [
+            (
+                "/etc/qubes/rpc-config/qpm.SyncConfig".to_owned(),
+                "-rw-r--r--".to_owned()
+            ),
+            (
+                "/etc/qubes-rpc/qpm.SyncConfig".to_owned(),
+                "-rwxr-xr-x".to_owned()
+            ),
+            ("/usr/bin/qpm-agent".to_owned(), "-rwxr-xr-x".to_owned()),
+        ]
+    );
+    let cli = listing(&deb_qpm);
+    let paths: Vec<&str> = cli.iter().map(|(p, _)| p.as_str()).collect();
+    for want in [
+        "/usr/bin/qpm",
+        "/usr/share/man/man1/qpm.1.gz",
+        "/usr/share/bash-completion/completions/qpm",
+        "/usr/share/zsh/vendor-completions/_qpm",
+        "/usr/share/fish/vendor_completions.d/qpm.fish",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:?}");
+    }
+    for (path, mode) in &cli {
+        let want = if path == "/usr/bin/qpm" {
+            "-rwxr-xr-x"
+        } else {
+            "-rw-r--r--"
+        };
+        assert_eq!(mode, want, "{path}");
+    }
+    let control = run("dpkg-deb", &["-f", &deb_agent]);
+    assert!(
+        control.contains("Package: qpm-agent") && control.contains(&format!("Version: {version}")),
+        "{control}"
+    );
+    let extract = tempfile::tempdir().unwrap();
+    run(
+        "dpkg-deb",
+        &["-x", &deb_agent, extract.path().to_str().unwrap()],
+    );
+    let svc = std::fs::read_to_string(extract.path().join("etc/qubes-rpc/qpm.SyncConfig")).unwrap();
+    assert!(
+        svc.starts_with("#!/bin/sh\n") && svc.contains("exec /usr/bin/qpm-agent serve"),
+        "{svc}"
+    );
+    let cfg = std::fs::read_to_string(extract.path().join("etc/qubes/rpc-config/qpm.SyncConfig"))
+        .unwrap();
+    assert!(cfg.lines().any(|l| l == "wait-for-session=true"), "{cfg}");
+
+    // rpm contents.
+    let rpm_list = |name: &str| -> Vec<String> {
+        let f = p(&format!("{name}-{version}-1.x86_64.rpm"));
+        let mut v: Vec<String> = run(
+            "rpm",
+            &[
+                "-qp",
+                "--qf",
+                "[%{FILEMODES:perms} %{FILEUSERNAME} %{FILENAMES}\n]",
+                &f,
+            ],
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        rpm_list("qpm-dom0"),
+        [
+            "-rwxr-xr-x root /etc/qubes-rpc/qpm.PolicyGet",
+            "-rwxr-xr-x root /etc/qubes-rpc/qpm.PolicyRemove",
+            "-rwxr-xr-x root /etc/qubes-rpc/qpm.PolicySubmit",
+            "-rwxr-xr-x root /usr/bin/qpm-dom0",
+        ]
+    );
+    assert_eq!(
+        rpm_list("qpm-agent"),
+        [
+            "-rw-r--r-- root /etc/qubes/rpc-config/qpm.SyncConfig",
+            "-rwxr-xr-x root /etc/qubes-rpc/qpm.SyncConfig",
+            "-rwxr-xr-x root /usr/bin/qpm-agent",
+        ]
+    );
+    let rq = rpm_list("qpm");
+    assert!(
+        rq.contains(&"-rwxr-xr-x root /usr/bin/qpm".to_owned()),
+        "{rq:?}"
+    );
+    assert!(
+        rq.contains(&"-rw-r--r-- root /usr/share/zsh/site-functions/_qpm".to_owned()),
+        "{rq:?}"
+    );
+    assert!(
+        rq.contains(&"-rw-r--r-- root /usr/share/man/man1/qpm.1.gz".to_owned()),
+        "{rq:?}"
+    );
+
+    // Install the debs on this machine, run them, remove them.
+    let is_root = run("id", &["-u"]).trim() == "0";
+    if !is_root || !require_tool("dpkg") {
+        assert!(
+            std::env::var_os("QPM_REQUIRE_SYSTEM_TESTS").is_none(),
+            "installing the deb needs root (QPM_REQUIRE_SYSTEM_TESTS is set)"
+        );
+        eprintln!("skipped: deb installation needs root");
+        return;
+    }
+    let already = Command::new("dpkg")
+        .args(["-s", "qpm"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+        || Path::new("/usr/bin/qpm").exists();
+    if already {
+        panic!(
+            "/usr/bin/qpm or a qpm package is already installed on this machine; refusing to replace it"
+        );
+    }
+    run("dpkg", &["-i", &deb_qpm, &deb_agent]);
+    let result = std::panic::catch_unwind(|| {
+        let v = run("/usr/bin/qpm", &["--version"]);
+        assert_eq!(v.trim(), format!("qpm {version}"));
+        let a = Command::new("/usr/bin/qpm-agent")
+            .arg("--help")
+            .output()
+            .unwrap();
+        let code = a.status.code().unwrap_or(-1);
+        // The installed binary runs (not 126/127: found and executable).
+        assert!(code == 0 || code == 2, "qpm-agent exited {code}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&a.stdout),
+            String::from_utf8_lossy(&a.stderr)
+        );
+        assert!(text.contains("qpm-agent"), "{text}");
+        let svc = std::fs::metadata("/etc/qubes-rpc/qpm.SyncConfig").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(svc.permissions().mode() & 0o777, 0o755);
+        assert!(Path::new("/usr/share/man/man1/qpm.1.gz").is_file());
+        let st = run("dpkg", &["-s", "qpm-agent"]);
+        assert!(st.contains("Status: install ok installed"), "{st}");
+    });
+    run("dpkg", &["--purge", "qpm", "qpm-agent"]);
+    assert!(!Path::new("/usr/bin/qpm").exists());
+    assert!(!Path::new("/etc/qubes-rpc/qpm.SyncConfig").exists());
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 mod server {
     //! A small HTTP/1.1 file server with ETags and counters, and a CONNECT
     //! proxy: both on loopback, both only for these tests.
