@@ -155,7 +155,7 @@ fn padded_or_swapped_archive_is_refused() {
     s.client.update(&[], &mut |_, _, _| {}).unwrap();
     let res = s.client.resolve(&"dangerzone".parse().unwrap()).unwrap();
     // Padded: more bytes than signed.
-    let mut padded = good.clone();
+    let mut padded = good;
     padded.extend_from_slice(b"trailing");
     std::fs::write(s.repo.join("packages/dangerzone-1.0.0.qpm"), &padded).unwrap();
     let e = s.client.download(&res, &mut |_, _| {}).unwrap_err();
