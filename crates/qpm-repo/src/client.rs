@@ -490,7 +490,8 @@ impl Client {
             self.repo(n)?;
         }
         let _lock = self.lock()?;
-        let mut claims = self.load_claims()?;
+        let claims_before = self.load_claims()?;
+        let mut claims = claims_before.clone();
         // Claims of repositories no longer configured are void.
         claims.retain(|_, r| self.config.repos.iter().any(|c| &c.name == r));
         let mut out = Vec::new();
@@ -529,7 +530,9 @@ impl Client {
             rep.bytes = stats.bytes;
             out.push(rep);
         }
-        self.save_claims(&claims)?;
+        if claims != claims_before {
+            self.save_claims(&claims)?;
+        }
         Ok(out)
     }
 
@@ -624,14 +627,18 @@ impl Client {
                 (Some(buf), idx)
             }
         };
-        if ibytes.is_none() {
-            // Same index, re-signed (new expiry or key): the signature over
-            // the index must still hold.
+        let tp = dir.join(TIMESTAMP_FILE);
+        let same_ts = fsutil::read_limited(&tp, index::MAX_TIMESTAMP_BYTES, "timestamp")
+            .is_ok_and(|old| old == ttext.as_bytes());
+        if ibytes.is_none() && !same_ts {
+            // Same index, signed again (by a new key): the signature over
+            // the index must hold.
             let ip = dir.join("index.json");
             let b = fsutil::read_limited(&ip, index::MAX_INDEX_BYTES, "index")?;
             check_index_bytes(&b, &ts, &sig, &key, &what(&ts.index))?;
         }
-        // Everything verified: store (index first, timestamp last).
+        // Everything verified: store (index first, timestamp last), and
+        // nothing at all when nothing changed (no fsync on the no-change path).
         fsutil::create_private_dir(&dir)?;
         if let Some(b) = &ibytes {
             fsutil::write_atomic(&dir, "index.json", b, 0o600)?;
@@ -640,9 +647,13 @@ impl Client {
             fsutil::write_atomic(&dir, "key.pub", key.to_file().as_bytes(), 0o600)?;
             rep.key_rotated_to = Some(key.id.to_string());
         }
-        fsutil::write_atomic(&dir, TIMESTAMP_FILE, ttext.as_bytes(), 0o600)?;
-        let vb = serde_json::to_vec(&validators).unwrap_or_default();
-        fsutil::write_atomic(&dir, "http.json", &vb, 0o600)?;
+        if !same_ts {
+            fsutil::write_atomic(&dir, TIMESTAMP_FILE, ttext.as_bytes(), 0o600)?;
+        }
+        if cond.as_ref() != Some(&validators) {
+            let vb = serde_json::to_vec(&validators).unwrap_or_default();
+            fsutil::write_atomic(&dir, "http.json", &vb, 0o600)?;
+        }
         self.claim(repo, &idx, claims, rep);
         rep.status = if prev.as_ref().map(|p| &p.timestamp) == Some(&ts) {
             UpdateStatus::Unchanged
