@@ -310,7 +310,12 @@ impl Timestamp {
                 })
         };
         let num = |k: &str, v: &str| -> Result<u64, Error> {
-            if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            // Canonical decimal only (no sign, no leading zero): one text per value.
+            if v.is_empty()
+                || v.len() > 20
+                || (v.len() > 1 && v.starts_with('0'))
+                || !v.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(inv(what, format!("`{k}` is not a number")));
             }
             v.parse::<u64>()
@@ -463,6 +468,7 @@ mod tests {
         for bad in [
             t.to_comment().replace("qpm-timestamp", "qpm-key-rotation"),
             t.to_comment().replace("version=7", "version=-7"),
+            t.to_comment().replace("version=7", "version=07"),
             t.to_comment()
                 .replace(&format!("index=index/{sha}"), "index=index/other"),
             format!("{} extra=1", t.to_comment()),

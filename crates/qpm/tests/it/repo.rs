@@ -631,6 +631,11 @@ fn update_with_a_thousand_packages_costs_one_request_when_unchanged() {
     let s2 = srv.stats();
     let per_update_requests = (s2.requests - s1.requests) / 5;
     let per_update_bytes = (s2.bytes_out - s1.bytes_out) / 5;
+    let per_update_bytes_in = (s2.bytes_in - s1.bytes_in) / 5;
+    assert!(
+        per_update_bytes_in < 512,
+        "a small request: {per_update_bytes_in} bytes"
+    );
     assert_eq!(per_update_requests, 1, "one request per repository");
     assert!(
         per_update_bytes < 512,
@@ -639,12 +644,13 @@ fn update_with_a_thousand_packages_costs_one_request_when_unchanged() {
     times.sort();
     eprintln!(
         "repo-bench: build 1000 packages {:.2?}; first update {} requests {} bytes in {:.2?}; \
-         no-change update {} request {} bytes (response, headers included), median {:.2?}",
+         no-change update {} request: {} bytes sent, {} bytes received (headers included), median {:.2?}",
         build_time,
         s1.requests - s0.requests,
         s1.bytes_out - s0.bytes_out,
         first,
         per_update_requests,
+        per_update_bytes_in,
         per_update_bytes,
         times[2]
     );
@@ -892,6 +898,8 @@ mod server {
         pub(crate) not_modified: u64,
         /// Bytes written to clients, headers included.
         pub(crate) bytes_out: u64,
+        /// Request bytes received (request line and headers).
+        pub(crate) bytes_in: u64,
     }
 
     struct Shared {
@@ -984,7 +992,11 @@ mod server {
                     .map(|(_, v)| v.trim().to_owned())
             });
             let rel = target.trim_start_matches('/').to_owned();
-            s.stats.lock().unwrap().requests += 1;
+            {
+                let mut st = s.stats.lock().unwrap();
+                st.requests += 1;
+                st.bytes_in += head.iter().map(|l| l.len() as u64 + 2).sum::<u64>() + 2;
+            }
             let body = if method == "GET" && !rel.split('/').any(|c| c == "..") {
                 std::fs::read(s.root.join(&rel)).ok()
             } else {
