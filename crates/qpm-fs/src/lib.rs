@@ -871,6 +871,23 @@ impl Root {
         Ok(v.f_bavail.saturating_mul(v.f_frsize))
     }
 
+    /// Sets the permission bits (and, with privilege, owner and group) of
+    /// the regular file `rel`, never following a symlink.
+    pub fn set_perms(&self, rel: &RelPath, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+        let f = self.open_read(rel)?;
+        if let Some((u, g)) = owner {
+            rustix::fs::fchown(
+                &f,
+                Some(rustix::fs::Uid::from_raw(u)),
+                Some(rustix::fs::Gid::from_raw(g)),
+            )
+            .map_err(|e| io_err("chown", &self.shown(rel.as_str()), e))?;
+        }
+        // After chown, which clears setuid/setgid bits.
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err("chmod", &self.shown(rel.as_str()), e))
+    }
+
     /// Sets owner and group of `rel` (not following symlinks).
     pub fn chown(&self, rel: &RelPath, uid: u32, gid: u32) -> Result<()> {
         let fd = self.open_beneath(rel.as_str(), OFlags::PATH, 0)?;
