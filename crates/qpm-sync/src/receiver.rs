@@ -461,11 +461,15 @@ impl Agent {
             }
             Err(e) => {
                 self.log(&format!("sync from {caller:?} refused: {e}"));
-                let o = match e {
-                    AgentError::Refused(_) | AgentError::Proto(_) => {
-                        fail(Code::Refused, "refused; details in the target's agent log")
-                    }
-                    _ => fail(Code::Failed, "failed; details in the target's agent log"),
+                let refused = match &e {
+                    AgentError::Refused(_) | AgentError::Proto(_) => true,
+                    AgentError::Fs(f) => !matches!(f, qpm_fs::Error::Io { .. }),
+                    _ => false,
+                };
+                let o = if refused {
+                    fail(Code::Refused, "refused; details in the target's agent log")
+                } else {
+                    fail(Code::Failed, "failed; details in the target's agent log")
                 };
                 let _ = proto::write_frame(output, frame::RESULT, &o.encode());
                 let _ = output.flush();
@@ -964,13 +968,20 @@ impl Agent {
         for o in &plan.ops {
             let path = rel(&o.path)?;
             let max = self.opts.config.max_file_size;
-            let old = match self.tree_root(o.tree).metadata(&path)? {
-                Some(m) if m.kind == FKind::File => Some(
+            let old = match self.tree_root(o.tree).metadata(&path) {
+                Ok(Some(m)) if m.kind == FKind::File => Some(
                     self.tree_root(o.tree)
                         .read_limited(&path, max.max(m.size))?,
                 ),
-                Some(_) => Some(b"(not a regular file)".to_vec()),
-                None => None,
+                Ok(Some(_)) => Some(b"(not a regular file)".to_vec()),
+                Ok(None) => None,
+                Err(e) => {
+                    out.push_str(&format!(
+                        "WARNING: {}: {e}; applying will fail\n",
+                        o.display()
+                    ));
+                    None
+                }
             };
             let new = match o.staged {
                 Some(i) if !o.delete => Some(
@@ -1033,11 +1044,16 @@ impl Agent {
             .env("DISPLAY", display)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status.map(|s| s.code()) {
-            Ok(Some(0)) => Consent::Yes,
-            Ok(Some(1)) => Consent::No,
+            .stderr(std::process::Stdio::piped())
+            .output();
+        match status.as_ref().map(|s| {
+            (
+                s.status.code(),
+                s.stderr.is_empty() || !String::from_utf8_lossy(&s.stderr).contains("display"),
+            )
+        }) {
+            Ok((Some(0), _)) => Consent::Yes,
+            Ok((Some(1), true)) => Consent::No,
             other => {
                 self.log(&format!(
                     "consent dialog unavailable ({other:?}); sync {} queued",
