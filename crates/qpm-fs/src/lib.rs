@@ -871,6 +871,28 @@ impl Root {
         Ok(v.f_bavail.saturating_mul(v.f_frsize))
     }
 
+    /// Appends `data` to the regular file `rel` (created with `mode` if
+    /// missing), without syncing: for logs, where losing the tail in a
+    /// power cut is acceptable.
+    pub fn append(&self, rel: &RelPath, data: &[u8], mode: u32) -> Result<()> {
+        let fd = self.open_beneath(
+            rel.as_str(),
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NONBLOCK,
+            mode,
+        )?;
+        let st =
+            rustix::fs::fstat(&fd).map_err(|e| io_err("stat", &self.shown(rel.as_str()), e))?;
+        if meta_from(&st).kind != Kind::File {
+            return Err(Error::WrongType {
+                expected: "regular file",
+                path: esc(&self.shown(rel.as_str())),
+            });
+        }
+        std::fs::File::from(fd)
+            .write_all(data)
+            .map_err(|e| std_err("append", rel.as_str(), e))
+    }
+
     /// Sets the permission bits (and, with privilege, owner and group) of
     /// the regular file `rel`, never following a symlink.
     pub fn set_perms(&self, rel: &RelPath, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {

@@ -567,17 +567,28 @@ impl SenderState {
         Ok(out)
     }
 
-    /// Records a successful push (content copies for the next plan).
+    /// Records a successful push (content copies for the next plan). Only
+    /// files whose recorded copy differs are rewritten; copies of files no
+    /// longer pushed are removed.
     pub fn record_push(&self, repo: &Repo, qube: &str, items: &[Item]) -> Result<()> {
         let dir = Self::pushed_dir(qube)?;
-        self.root.remove_tree(&dir)?;
+        let mut keep = std::collections::BTreeSet::new();
         for it in items {
             let p = Self::content_path(qube, it.tree, &it.dest)?;
+            keep.insert(p.as_str().to_owned());
+            let data = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
+            if let Some(m) = self.root.metadata(&p)? {
+                if m.size == data.len() as u64
+                    && m.mode == u32::from(it.mode)
+                    && self.root.read_limited(&p, proto::MAX_FILE_SIZE)? == data
+                {
+                    continue;
+                }
+            }
             if let Some(parent) = p.parent() {
                 self.root
                     .create_dirs(&parent, 0o700, &DirPolicy::default())?;
             }
-            let data = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
             let mut t = self
                 .root
                 .create_temp(p.parent().as_ref(), u32::from(it.mode))?;
@@ -585,21 +596,31 @@ impl SenderState {
             let tmp = t.finish();
             self.root.rename(&tmp, &self.root, &p)?;
         }
+        if self.root.metadata(&dir)?.is_some() {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for (name, kind) in self.root.read_dir(Some(&d))? {
+                    let c = d.join(&RelPath::new(&name)?)?;
+                    match kind {
+                        qpm_fs::Kind::Dir => stack.push(c),
+                        _ if !keep.contains(c.as_str()) => {
+                            self.root.remove_file(&c)?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Appends to the push log.
+    /// Appends to the push log (not synced: a log, not state).
     pub fn log(&self, e: &LogEntry) -> Result<()> {
         let p = RelPath::new("push-log.jsonl")?;
-        let mut b = self
-            .root
-            .read_limited(&p, 16 * 1024 * 1024)
-            .unwrap_or_default();
-        if let Ok(line) = serde_json::to_string(e) {
-            b.extend_from_slice(line.as_bytes());
-            b.push(b'\n');
+        if let Ok(mut line) = serde_json::to_string(e) {
+            line.push('\n');
+            self.root.append(&p, line.as_bytes(), 0o600)?;
         }
-        self.root.write_atomic(&p, &b, 0o600)?;
         Ok(())
     }
 

@@ -285,12 +285,7 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
         };
         let ok = sender::is_success(&o);
         all_ok &= ok;
-        if ok
-            && matches!(
-                o.code,
-                qpm_sync::proto::Code::Applied | qpm_sync::proto::Code::Unchanged
-            )
-        {
+        if ok && matches!(o.code, qpm_sync::proto::Code::Applied) {
             s.state.record_push(&s.repo, &q, &it)?;
         }
         s.state.log(&LogEntry {
