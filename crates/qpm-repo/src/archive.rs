@@ -16,19 +16,18 @@
 //! paths, `..`, `.`, empty and control-character components and duplicates,
 //! bounds compressed size, unpacked size, entry count, file size, path length
 //! and depth ([`Limits`]), and writes only under a directory it creates
-//! itself. Every file is created through `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` on the
-//! handle of that directory, with `O_CREAT | O_EXCL | O_NOFOLLOW`, so nothing
-//! can be written outside it even if the tree changed under it. On any error
-//! the directory is removed.
+//! itself. Every directory and file is created through [`qpm_fs::Root`] on
+//! the handle of that directory (`openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)`, files
+//! with `O_CREAT | O_EXCL | O_NOFOLLOW`), so nothing can be written outside
+//! it even if the tree changed under it. On any error the directory is
+//! removed.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::Error;
 
@@ -312,26 +311,6 @@ fn check_rel(rel: &str, limits: &Limits) -> Result<(), Error> {
     Ok(())
 }
 
-fn resolve_flags() -> ResolveFlags {
-    ResolveFlags::BENEATH
-        | ResolveFlags::NO_SYMLINKS
-        | ResolveFlags::NO_MAGICLINKS
-        | ResolveFlags::NO_XDEV
-}
-
-/// Opens directory `rel` (may be empty: the root itself) beneath `root`.
-fn open_dir_beneath(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
-    let p = if rel.is_empty() { "." } else { rel };
-    rustix::fs::openat2(
-        root.as_fd(),
-        p,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-        resolve_flags(),
-    )
-    .map_err(io::Error::from)
-}
-
 /// Unpacks a package archive read from `reader` into `dest`, which must not
 /// exist yet: it is created (mode 0700) and removed again on any error.
 pub fn unpack<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpacked, Error> {
@@ -348,12 +327,11 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpack
 }
 
 fn unpack_into<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpacked, Error> {
-    let root: OwnedFd = rustix::fs::open(
-        dest,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(|e| io_at("open", dest, e.into()))?;
+    let root = qpm_fs::Root::open(dest).map_err(|e| Error::Io {
+        op: "open",
+        path: dest.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
     let compressed = LimitReader {
         inner: reader,
         left: limits.max_archive_bytes,
@@ -431,44 +409,34 @@ fn unpack_into<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpac
         if dirs.contains(&rel) || files.contains(&rel) {
             return Err(arch(&rel, "duplicate entry"));
         }
-        let (parent, name) = match rel.rsplit_once('/') {
-            Some((p, n)) => (p.to_owned(), n.to_owned()),
-            None => (String::new(), rel.clone()),
-        };
-        if !parent.is_empty() && !dirs.contains(&parent) {
-            if files.contains(&parent)
-                || parent
+        let rp = qpm_fs::RelPath::new(&rel).map_err(|e| arch(&rel, e.to_string()))?;
+        let parent = rp.parent();
+        if let Some(p) = &parent {
+            let ps = p.as_str();
+            if files.contains(ps)
+                || ps
                     .match_indices('/')
-                    .any(|(i, _)| files.contains(parent.get(..i).unwrap_or("")))
+                    .any(|(i, _)| files.contains(ps.get(..i).unwrap_or("")))
             {
                 return Err(arch(&rel, "a file is used as a directory"));
             }
-            // Create missing parents, like `mkdir -p`, one component at a time.
-            let mut acc = String::new();
-            for comp in parent.split('/') {
-                let up = acc.clone();
-                if !acc.is_empty() {
-                    acc.push('/');
-                }
-                acc.push_str(comp);
-                if !dirs.contains(&acc) {
-                    let pfd = open_dir_beneath(&root, &up)
-                        .map_err(|e| arch(&acc, format!("cannot open parent: {e}")))?;
-                    rustix::fs::mkdirat(&pfd, comp, Mode::from_raw_mode(0o755))
-                        .map_err(|e| arch(&acc, format!("cannot create directory: {e}")))?;
-                    dirs.insert(acc.clone());
+            if !dirs.contains(ps) {
+                // Missing parents are created like `mkdir -p`.
+                let created = root
+                    .create_dirs(p, 0o755, &qpm_fs::DirPolicy::default())
+                    .map_err(|e| arch(&rel, format!("cannot create directory: {e}")))?;
+                for c in created {
+                    dirs.insert(c.as_str().to_owned());
                     stats.dirs += 1;
                     count += 1;
                 }
             }
         }
-        let pfd = open_dir_beneath(&root, &parent)
-            .map_err(|e| arch(&rel, format!("cannot open parent: {e}")))?;
         if is_dir {
             if size != 0 {
                 return Err(arch(&rel, "directory entry with data"));
             }
-            rustix::fs::mkdirat(&pfd, name.as_str(), Mode::from_raw_mode(0o755))
+            root.create_dirs(&rp, 0o755, &qpm_fs::DirPolicy::default())
                 .map_err(|e| arch(&rel, format!("cannot create directory: {e}")))?;
             dirs.insert(rel);
             stats.dirs += 1;
@@ -488,30 +456,24 @@ fn unpack_into<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpac
             });
         }
         let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-        let fd = rustix::fs::openat(
-            &pfd,
-            name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(perm),
-        )
-        .map_err(|e| arch(&rel, format!("cannot create file: {e}")))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm))
-            .map_err(|e| arch(&rel, format!("cannot set mode: {e}")))?;
-        let mut file = std::fs::File::from(fd);
-        let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|e| {
-            if e.kind() == io::ErrorKind::FileTooLarge {
+        let mut tmp = root
+            .create_temp(parent.as_ref(), perm)
+            .map_err(|e| arch(&rel, format!("cannot create file: {e}")))?;
+        let copied = tmp.copy_from(&mut entry, size).map_err(|e| match e {
+            qpm_fs::Error::Io { source, .. } if source.kind() == io::ErrorKind::FileTooLarge => {
                 Error::TooLarge {
                     what: "unpacked archive".into(),
                     limit: limits.max_unpacked_bytes,
                 }
-            } else {
-                arch(&rel, format!("cannot read data: {e}"))
             }
+            e => arch(&rel, format!("cannot read data: {e}")),
         })?;
         if copied != size {
             return Err(arch(&rel, "archive ends inside this file (truncated)"));
         }
-        file.flush()
+        // The name is new (duplicates were refused above), so this rename
+        // never replaces anything.
+        tmp.persist_as(rp.file_name())
             .map_err(|e| arch(&rel, format!("cannot write: {e}")))?;
         files.insert(rel);
         stats.files += 1;
