@@ -566,19 +566,20 @@ fn key_rotation_is_followed_and_forged_rotation_refused() {
     let env2 = Env::new();
     env2.key("good");
     env2.key("evil");
+    env2.key("mallory");
     env2.build("pub", "good", &[&examples().join("dangerzone/1.0.0")], &[]);
     let srv2 = Server::start(env2.path("pub"));
     env2.ok(&["repo", "add", "main", &srv2.url(), "--key", "good.pub"]);
     env2.ok(&["update"]);
-    // evil signs its own "rotation" from itself, and the next build.
+    // A rotation to `evil` signed by `mallory`, a key the client never trusted.
     env2.ok(&[
         "repo",
         "rotate-key",
         "pub",
         "--old",
-        "evil.key",
+        "mallory.key",
         "--new",
-        "good.pub",
+        "evil.pub",
     ]);
     env2.build("pub", "evil", &[&examples().join("dangerzone/2.0.0")], &[]);
     env2.fails(&["update"], "rotation");
