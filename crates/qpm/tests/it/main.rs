@@ -1,1 +1,4 @@
+//! Integration tests of the `qpm` binary.
+
+mod repo;
 mod sync;
