@@ -1,4 +1,5 @@
 //! Integration tests of the `qpm` binary.
 
+mod policy;
 mod repo;
 mod sync;
