@@ -6,7 +6,8 @@
 //! evaluations (from /proc/self/status; run it under `/usr/bin/time -v`
 //! for the whole-process peak). With REPEAT, it also loads and evaluates
 //! REPEAT more times and reports the fastest round (robust on a busy
-//! machine).
+//! machine). With a fourth argument DIR, it only writes the policy to DIR
+//! and the system description to DIR.json (for measuring `qpm policy eval`).
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,14 @@ fn main() {
     let files: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     let per_file: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let repeat: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    if let Some(out) = args.next() {
+        let out = std::path::PathBuf::from(out);
+        std::fs::create_dir_all(&out).expect("create the output directory");
+        shape::write_policy(&out, files, per_file);
+        let json = serde_json::to_string(&shape::system()).expect("system as JSON");
+        std::fs::write(out.with_extension("json"), json).expect("write the system description");
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     shape::write_policy(dir.path(), files, per_file);
     let sys = shape::system();

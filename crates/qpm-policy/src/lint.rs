@@ -152,8 +152,13 @@ impl Policy {
                 continue;
             }
             lint_rule(&rref, rule, system, &mut out);
+            // (A `@dispvm:` source never matches: reported as such.)
             if rule.action.kind == ActionKind::Ask
                 && rule.action.target.is_none()
+                && !matches!(
+                    rule.source.kind(),
+                    TokenKind::DispVmName | TokenKind::DispVmUuid | TokenKind::DispVmTag
+                )
                 && let Some(msg) = self.ask_without_target(rule, system)
             {
                 out.push(Finding {

@@ -54,7 +54,7 @@ pub enum ErrorKind {
     InvalidFilename,
     /// A file includes itself, directly or not.
     IncludeCycle,
-    /// Includes nested deeper than [`crate::MAX_INCLUDE_DEPTH`].
+    /// Includes nested deeper than [`crate::limits::MAX_INCLUDE_DEPTH`].
     IncludeDepth,
     /// A file larger than [`MAX_FILE_SIZE`], or a load over one of the
     /// other limits of [`crate::limits`].

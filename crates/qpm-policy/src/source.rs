@@ -110,13 +110,16 @@ impl Source for DirSource {
 
     fn read(&self, key: &str, limit: usize) -> io::Result<Vec<u8>> {
         let file = std::fs::File::open(self.path(key))?;
-        if !file.metadata()?.is_file() {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file",
             ));
         }
-        let mut buf = Vec::new();
+        // Sized from the file's length (capped), so one read usually does.
+        let size = usize::try_from(meta.len()).unwrap_or(usize::MAX).min(limit);
+        let mut buf = Vec::with_capacity(size.saturating_add(1));
         file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
             .read_to_end(&mut buf)?;
         Ok(buf)
@@ -129,10 +132,20 @@ impl Source for DirSource {
                 break;
             }
             let entry = entry?;
-            // Follow symlinks, as the reference's `is_file()` does.
-            let kind = match std::fs::metadata(entry.path()) {
-                Ok(m) => kind_of(&m),
-                Err(_) => EntryKind::Missing,
+            // Follow symlinks, as the reference's `is_file()` does; the
+            // directory entry's own type saves a stat for everything else.
+            let ft = entry.file_type()?;
+            let kind = if ft.is_symlink() {
+                match std::fs::metadata(entry.path()) {
+                    Ok(m) => kind_of(&m),
+                    Err(_) => EntryKind::Missing,
+                }
+            } else if ft.is_file() {
+                EntryKind::File
+            } else if ft.is_dir() {
+                EntryKind::Dir
+            } else {
+                EntryKind::Other
             };
             out.push((entry.file_name().to_string_lossy().into_owned(), kind));
         }

@@ -37,21 +37,15 @@ impl Text {
 
     /// `sub`, which must lie inside `buf`; anything else is copied.
     pub(crate) fn within(buf: &Buf, sub: &str) -> Self {
-        let base = buf.as_ptr() as usize;
-        let at = (sub.as_ptr() as usize).wrapping_sub(base);
-        match (
-            u32::try_from(at),
-            u32::try_from(at.saturating_add(sub.len())),
-        ) {
-            (Ok(start), Ok(end))
-                if (end as usize) <= buf.len() && buf.get(at..end as usize).is_some() =>
-            {
-                Self {
-                    buf: buf.clone(),
-                    start,
-                    end,
-                }
-            }
+        let at = (sub.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        let end = at.wrapping_add(sub.len());
+        // `as_str` checks the range again; here it only has to lie inside.
+        match (u32::try_from(at), u32::try_from(end)) {
+            (Ok(start), Ok(e)) if at <= end && end <= buf.len() => Self {
+                buf: buf.clone(),
+                start,
+                end: e,
+            },
             _ => Self::from(sub),
         }
     }

@@ -372,3 +372,69 @@ fn loaded_policy_evaluates() {
     assert!(p.is_allowed(&Request::from_call("qubes.A", "work", "vault"), &sys));
     assert!(!p.is_allowed(&Request::from_call("qubes.A+x", "vault", "work"), &sys));
 }
+
+#[test]
+fn one_megabyte_inputs_are_handled() {
+    // Pseudo-random bytes: an error, no panic.
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let bytes: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let src = MemorySource::from_files([("10-a.policy", bytes)]);
+    assert!(Policy::load(&src, &LoadOptions::default()).is_err());
+    // One line of a megabyte.
+    let long = format!("qubes.A * work vault allow user={}\n", "u".repeat(1 << 20));
+    assert_eq!(load(&[("10-a.policy", &long)]).unwrap().len(), 1);
+    // A megabyte of includes of one small file: over the file budget.
+    let many = "!include i\n".repeat((1 << 20) / 11);
+    let e = load(&[("10-a.policy", &many), ("i", "a * w v deny\n")]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TooLarge);
+    // A megabyte of rules loads and evaluates.
+    let rules = "qubes.A * @anyvm @anyvm allow\n".repeat((1 << 20) / 30);
+    let p = load(&[("10-a.policy", &rules)]).unwrap();
+    assert_eq!(p.len(), (1 << 20) / 30);
+    let mut sys = System::new();
+    sys.insert(Domain::new("work", "AppVM"));
+    sys.insert(Domain::new("vault", "AppVM"));
+    assert!(p.is_allowed(&Request::from_call("qubes.A", "work", "vault"), &sys));
+}
+
+#[test]
+fn policy_cache_reloads_on_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("include")).unwrap();
+    std::fs::write(d.join("30-a.policy"), "!include include/x\n").unwrap();
+    std::fs::write(d.join("include/x"), "qubes.A * work vault allow\n").unwrap();
+    let mut cache = qpm_policy::PolicyCache::new(d);
+    let first = cache.get().unwrap();
+    assert_eq!(first.len(), 1);
+    // Unchanged: the same policy object.
+    assert!(std::sync::Arc::ptr_eq(&first, &cache.get().unwrap()));
+    // An included file changes (atomically, as policy.Replace writes).
+    std::fs::write(
+        d.join("include/x.new"),
+        "qubes.A * work vault deny\nqubes.B * work vault deny\n",
+    )
+    .unwrap();
+    std::fs::rename(d.join("include/x.new"), d.join("include/x")).unwrap();
+    assert_eq!(cache.get().unwrap().len(), 2);
+    // A broken file: the error, until it is fixed.
+    std::fs::write(d.join("40-b.policy"), "broken\n").unwrap();
+    assert_eq!(&*cache.get().unwrap_err().file, "40-b.policy");
+    std::fs::remove_file(d.join("40-b.policy")).unwrap();
+    assert_eq!(cache.get().unwrap().len(), 2);
+}
+
+#[test]
+fn policy_is_shareable_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Policy>();
+    shareable::<System>();
+    shareable::<qpm_policy::PolicyCache>();
+}

@@ -1,9 +1,12 @@
 //! Property tests: the canonical printer round-trips, parsing never
 //! panics, and the indexed evaluation agrees with a rule-by-rule walk.
 
+use std::collections::BTreeSet;
+
 use proptest::prelude::*;
 use qpm_policy::{
-    Decision, Domain, LoadOptions, MemorySource, Outcome, Policy, PolicyFile, Request, System,
+    ActionKind, Decision, Domain, LoadOptions, MemorySource, Outcome, Policy, PolicyFile, Request,
+    System, TokenKind, VmToken,
 };
 
 const NAMES: [&str; 7] = ["work", "vault", "dvm", "sys-usb", "ghost", "dom0", "secret"];
@@ -172,6 +175,107 @@ fn request() -> impl Strategy<Value = (String, String, String, String)> {
         .prop_map(|(s, a, src, t)| (s.to_owned(), a.to_owned(), src.to_owned(), t))
 }
 
+/// The ask list as the conformance README describes it, with plain string
+/// sets: an independent model of the engine's bitset collection. `None`
+/// where the reference engine would fail.
+fn model_ask_targets(policy: &Policy, sys: &System, req: &Request<'_>) -> Option<Vec<String>> {
+    let src = sys.get(req.source);
+    let src_admin = src.is_some_and(|d| d.class == "AdminVM");
+    let source_ok = |t: &VmToken| match t.kind() {
+        TokenKind::Wildcard => true,
+        TokenKind::AnyVm => !src_admin,
+        TokenKind::AdminVm => src_admin,
+        TokenKind::Name => t.value() == req.source,
+        TokenKind::Uuid => src.is_some_and(|d| d.uuid.as_deref() == Some(t.value())),
+        TokenKind::Type => src.is_some_and(|d| d.class == t.value()),
+        TokenKind::Tag => src.is_some_and(|d| d.tags.iter().any(|x| x == t.value())),
+        _ => false,
+    };
+    let expand = |t: &VmToken| -> Option<Vec<String>> {
+        let v = t.value();
+        let mut out = Vec::new();
+        let all = |out: &mut Vec<String>, admin: bool| {
+            for d in sys.domains() {
+                if admin || d.class != "AdminVM" {
+                    out.push(d.name.clone());
+                }
+                if d.template_for_dispvms {
+                    out.push(format!("@dispvm:{}", d.name));
+                }
+            }
+            out.push("@dispvm".into());
+        };
+        match t.kind() {
+            TokenKind::Wildcard => all(&mut out, true),
+            TokenKind::AnyVm => all(&mut out, false),
+            TokenKind::AdminVm => out.push("@adminvm".into()),
+            TokenKind::Type => out.extend(
+                sys.domains()
+                    .filter(|d| d.class == v)
+                    .map(|d| d.name.clone()),
+            ),
+            TokenKind::Tag => out.extend(
+                sys.domains()
+                    .filter(|d| d.tags.iter().any(|x| x == v))
+                    .map(|d| d.name.clone()),
+            ),
+            TokenKind::DispVm => out.push("@dispvm".into()),
+            TokenKind::DispVmName | TokenKind::DispVmUuid => {
+                let d = if t.kind() == TokenKind::DispVmName {
+                    sys.get(v)
+                } else {
+                    sys.by_uuid(v)
+                }?;
+                if d.template_for_dispvms {
+                    out.push(format!("@dispvm:{}", d.name));
+                }
+            }
+            TokenKind::DispVmTag => out.extend(
+                sys.domains()
+                    .filter(|d| d.template_for_dispvms && d.tags.iter().any(|x| x == v))
+                    .map(|d| format!("@dispvm:{}", d.name)),
+            ),
+            TokenKind::Name => out.extend(sys.get(v).map(|d| d.name.clone())),
+            TokenKind::Uuid => out.extend(sys.by_uuid(v).map(|d| d.name.clone())),
+            _ => {}
+        }
+        Some(out)
+    };
+    let matching: Vec<_> = policy
+        .rules()
+        .filter(|(_, r)| {
+            r.service.as_deref().is_none_or(|s| s == req.service)
+                && r.argument.as_deref().is_none_or(|a| a == req.argument)
+                && source_ok(&r.source)
+        })
+        .collect();
+    let mut set = BTreeSet::new();
+    for (_, r) in matching.iter().rev() {
+        let tok = r.action.target.as_ref().unwrap_or(&r.target);
+        for e in expand(tok)? {
+            if r.action.kind == ActionKind::Deny {
+                set.remove(&e);
+            } else {
+                set.insert(e);
+            }
+        }
+    }
+    if set.remove("@dispvm")
+        && let Some(dd) = src.and_then(|d| d.default_dispvm.as_ref())
+    {
+        set.insert(format!("@dispvm:{dd}"));
+    }
+    if set.remove("@adminvm") {
+        set.insert("dom0".into());
+    }
+    set.remove(req.source);
+    set.retain(|t| {
+        !sys.get(t.strip_prefix("@dispvm:").unwrap_or(t))
+            .is_some_and(|d| d.internal)
+    });
+    Some(set.into_iter().collect())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -232,11 +336,23 @@ proptest! {
                 Decision::Deny(x) if x.rule.is_none() => prop_assert_eq!(decided, None, "{:?}", ex),
                 other => prop_assert_eq!(decided, other.rule().map(|r| r.index)),
             }
+            if let Decision::Deny(x) = &d
+                && x.reason == qpm_policy::DenyReason::AskNoTargets
+            {
+                let (_, rule) = policy.rule(x.rule.as_ref().unwrap().index).unwrap();
+                if rule.action.target.is_none() && rule.action.autostart_or_default() {
+                    prop_assert_eq!(model_ask_targets(&policy, &sys, &req), Some(vec![]));
+                }
+            }
             if let Decision::Ask(ask) = &d {
+                let (_, rule) = policy.rule(ask.rule.index).unwrap();
+                if rule.action.target.is_none() && rule.action.autostart_or_default() {
+                    let model = model_ask_targets(&policy, &sys, &req);
+                    prop_assert_eq!(Some(&ask.targets), model.as_ref());
+                }
                 prop_assert!(!ask.targets.is_empty());
                 // Collected lists never offer the caller (a target= list is
                 // taken as written).
-                let (_, rule) = policy.rule(ask.rule.index).unwrap();
                 prop_assert!(rule.action.target.is_some() || !ask.targets.contains(src));
                 prop_assert!(ask.default_target.as_ref().is_none_or(|t| ask.targets.contains(t)));
             }

@@ -1,3 +1,5 @@
-//! CLI tests: they drive the real `qpm` binary.
+//! Integration tests of the `qpm` binary.
 
 mod policy;
+mod repo;
+mod sync;
