@@ -1,4 +1,19 @@
 //! A simulated dom0: serves the Admin API with qubesd semantics on a unix
 //! socket and routes qrexec calls between simulated qubes through real policy
 //! evaluation.
+//!
+//! The pieces:
+//! * [`model`]: the system state and qubesd's rules (classes, properties,
+//!   defaults, validation, features, tags, labels, volumes, firewall);
+//! * [`api`]: the Admin API methods over the model, with qubesd's checks in
+//!   qubesd's order;
+//! * the servers (qubesd socket, qrexec router), the state directory and
+//!   the qube file model live in the other modules and are driven by the
+//!   `qpm-sim` binary.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod conformance;
+pub mod model;
+pub mod server;
+pub mod sim;
