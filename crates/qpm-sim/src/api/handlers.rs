@@ -440,7 +440,7 @@ fn create(
         },
         ev,
     )?;
-    lifecycle::tag_created_by(ctx.sys, qi, r.src, ev);
+    lifecycle::tag_created_by(ctx.sys, qi, r.src, ev)?;
     if let Err(e) = ctx.host.created(ctx.sys, qi) {
         let _ = lifecycle::remove_qube(ctx.sys, qi, &mut Vec::new());
         return Err(ApiError::exc(
@@ -516,7 +516,7 @@ fn create_disposable(ctx: &mut Context<'_>, r: &Req<'_>, ev: &mut Vec<Event>) ->
         },
         ev,
     )?;
-    lifecycle::tag_created_by(ctx.sys, qi, r.src, ev);
+    lifecycle::tag_created_by(ctx.sys, qi, r.src, ev)?;
     if let Err(e) = ctx.host.created(ctx.sys, qi) {
         let _ = lifecycle::remove_qube(ctx.sys, qi, &mut Vec::new());
         return Err(ApiError::exc(
@@ -994,8 +994,13 @@ fn tag(ctx: &mut Context<'_>, r: &Req<'_>, ev: &mut Vec<Event>) -> Out {
             }
             if ctx.sys.qube_mut(qi).tags.insert(t.to_string()) {
                 ev.push(Event::new(&qn, format!("domain-tag-add:{t}")).with("tag", t));
-                if let Some(creator) = t.strip_prefix("created-by-").and_then(|c| ctx.sys.find(c)) {
-                    lifecycle::tag_created_by(ctx.sys, qi, creator, ev);
+                if let Some(creator) = t.strip_prefix("created-by-") {
+                    // the extension looks the creator up; a missing one is an
+                    // internal error (the tag stays)
+                    let Some(ci) = ctx.sys.find(creator) else {
+                        return Err(ApiError::abort(format!("KeyError: {creator}")));
+                    };
+                    lifecycle::created_by_added(ctx.sys, qi, ci, ev)?;
                 }
             }
             ok()

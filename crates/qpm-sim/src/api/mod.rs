@@ -343,3 +343,6 @@ fn dispatch(
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

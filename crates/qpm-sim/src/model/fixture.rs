@@ -333,7 +333,7 @@ pub fn default_system() -> ApiResult<System> {
             },
             &mut ev,
         )?;
-        lifecycle::tag_created_by(sys, qi, dom0, &mut ev);
+        lifecycle::tag_created_by(sys, qi, dom0, &mut ev)?;
         Ok(qi)
     };
     let set = |sys: &mut System, qi: usize, prop: &str, v: Val| -> ApiResult<()> {

@@ -289,28 +289,51 @@ fn clone_from_dvm_template(sys: &mut System, qi: usize, t: usize) {
 
 /// Adds the `created-by-<caller>` tag and what the admin extension adds with
 /// it (`disp-created-by-<caller>` on disposables, the creator's
-/// `tag-created-vm-with` tags).
-pub(crate) fn tag_created_by(sys: &mut System, qi: usize, creator: usize, events: &mut Vec<Event>) {
+/// `tag-created-vm-with` tags). An invalid extra tag fails the way qubesd
+/// does: an internal error after the valid ones were added.
+pub(crate) fn tag_created_by(
+    sys: &mut System,
+    qi: usize,
+    creator: usize,
+    events: &mut Vec<Event>,
+) -> ApiResult<()> {
+    let cname = sys.qube(creator).name.clone();
+    let tag = format!("created-by-{cname}");
+    let name = sys.qube(qi).name.clone();
+    if sys.qube_mut(qi).tags.insert(tag.clone()) {
+        events.push(Event::new(&name, format!("domain-tag-add:{tag}")).with("tag", tag));
+    }
+    created_by_added(sys, qi, creator, events)
+}
+
+/// The admin extension's handler of `domain-tag-add:created-by-*`.
+pub(crate) fn created_by_added(
+    sys: &mut System,
+    qi: usize,
+    creator: usize,
+    events: &mut Vec<Event>,
+) -> ApiResult<()> {
     let cname = sys.qube(creator).name.clone();
     let extra: Vec<String> = sys
         .qube(creator)
         .feature("tag-created-vm-with")
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
-    let is_disp = sys.qube(qi).class == VmClass::DispVM;
     let name = sys.qube(qi).name.clone();
-    let mut add = |sys: &mut System, tag: String| {
-        if super::pyval::validate_tag(&tag).is_ok() && sys.qube_mut(qi).tags.insert(tag.clone()) {
+    let mut tags = Vec::new();
+    if sys.qube(qi).class == VmClass::DispVM {
+        tags.push(format!("disp-created-by-{cname}"));
+    }
+    tags.extend(extra);
+    for tag in tags {
+        super::pyval::validate_tag(&tag).map_err(|_| {
+            ApiError::abort(format!("ValueError: Invalid character in tag {tag:?}"))
+        })?;
+        if sys.qube_mut(qi).tags.insert(tag.clone()) {
             events.push(Event::new(&name, format!("domain-tag-add:{tag}")).with("tag", tag));
         }
-    };
-    add(sys, format!("created-by-{cname}"));
-    if is_disp {
-        add(sys, format!("disp-created-by-{cname}"));
     }
-    for t in extra {
-        add(sys, t);
-    }
+    Ok(())
 }
 
 /// `del app.domains[vm]`: the qube must be halted and referenced by no

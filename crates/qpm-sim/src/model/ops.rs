@@ -386,6 +386,12 @@ pub(crate) fn set_qube_prop(
                 "Cannot change template_for_dispvms to False while there are some DispVMs based on this DVM template",
             ));
         }
+        "template" if sys.based_on(qi).iter().any(|&d| sys.qube(d).is_active()) => {
+            return Err(ApiError::exc(
+                "QubesVMNotHaltedError",
+                "Cannot change template while there are running DispVMs based on this DVM template",
+            ));
+        }
         "template" if sys.qube(qi).is_active() => {
             return Err(ApiError::exc(
                 "QubesVMNotHaltedError",

@@ -188,7 +188,7 @@ pub(crate) fn class_props(class: VmClass) -> Vec<PropDef> {
             k(p("name", Str, 2), Stateless),
             k(p("qid", Int, 2), Stateless),
             k(p("updateable", Bool, 2), Stateless),
-            k(p("uuid", Str, 2), Stateless),
+            k(c(p("uuid", Str, 2), Conv::Uuid), Stateless),
             p("default_dispvm", Vm, 4),
         ],
         VmClass::RemoteVM => vec![
@@ -259,6 +259,7 @@ pub(crate) fn class_props(class: VmClass) -> Vec<PropDef> {
             }
             if class == VmClass::DispVM {
                 v.push(p("auto_cleanup", Bool, 2));
+                v.push(k(p("is_preload", Bool, 2), Stateless));
                 v.push(k(p("dispid", Int, 2), WriteOnce));
             }
             if class == VmClass::TemplateVM {

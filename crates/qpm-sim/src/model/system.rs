@@ -789,6 +789,13 @@ impl System {
                 None => Some(Val::None),
             },
             "stubdom_xid" => Some(Val::int(-1)),
+            "is_preload" => {
+                let listed = self
+                    .template_of(qi)
+                    .and_then(|t| self.qube(t).feature("preload-dispvm"))
+                    .is_some_and(|list| list.split(' ').any(|n| n == q.name));
+                Some(Val::Bool(listed))
+            }
             "updateable" => Some(Val::Bool(!class.has_template())),
             "vcpus" => tmpl_or(name, Some(Val::int(2)))?,
             "virt_mode" => tmpl_or(name, Some(Val::Str("pvh".into())))?,
