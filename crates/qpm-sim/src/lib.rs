@@ -13,7 +13,16 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod client;
 pub mod conformance;
+pub mod daemon;
+pub mod defaults;
+pub mod dom0svc;
+pub mod fdpass;
 pub mod model;
+pub mod policy;
+pub mod qubefs;
+pub mod router;
 pub mod server;
 pub mod sim;
+pub mod store;

@@ -132,6 +132,21 @@ impl Sim {
         out
     }
 
+    /// Runs `f` with an API context (for changes made by the router:
+    /// starting targets, disposables); persists and publishes like a call.
+    pub fn with_context<T>(&self, f: impl FnOnce(&mut Context<'_>, &mut Vec<Event>) -> T) -> T {
+        self.with_state(|shared, events| {
+            let mut ctx = Context {
+                sys: &mut shared.sys,
+                filter: &*self.filter,
+                host: &mut *shared.host,
+                next_uuid: None,
+                clone_tokens: &mut shared.clone_tokens,
+            };
+            f(&mut ctx, events)
+        })
+    }
+
     fn publish(&self, events: &[Event]) {
         if events.is_empty() {
             return;

@@ -344,5 +344,57 @@ fn dispatch(
     out
 }
 
+/// Starts a qube by name (and its netvm chain), as qrexec does for a call
+/// to a halted target.
+pub fn start_qube(
+    ctx: &mut Context<'_>,
+    name: &str,
+    events: &mut Vec<Event>,
+) -> Result<(), ApiError> {
+    let qi = ctx.sys.find(name).ok_or_else(|| {
+        ApiError::exc("QubesVMNotFoundError", format!("No such domain: '{name}'"))
+    })?;
+    handlers::start(ctx, qi, events, 0).map(|_| ())
+}
+
+/// Stops a qube by name (files persisted as at shutdown; a disposable with
+/// `auto_cleanup` is removed).
+pub fn stop_qube(
+    ctx: &mut Context<'_>,
+    name: &str,
+    events: &mut Vec<Event>,
+) -> Result<(), ApiError> {
+    let qi = ctx.sys.find(name).ok_or_else(|| {
+        ApiError::exc("QubesVMNotFoundError", format!("No such domain: '{name}'"))
+    })?;
+    if ctx.sys.qube(qi).is_active() {
+        handlers::stop(ctx, qi, events);
+    }
+    Ok(())
+}
+
+/// Creates a disposable from `template` for `source` (as
+/// `admin.vm.CreateDisposable` does); returns its name.
+pub fn new_disposable(
+    ctx: &mut Context<'_>,
+    source: &str,
+    template: &str,
+    events: &mut Vec<Event>,
+) -> Result<String, ApiError> {
+    let src = decode_vm(ctx.sys, source.as_bytes())?;
+    let dest = decode_vm(ctx.sys, template.as_bytes())?;
+    let req = handlers::Req {
+        src,
+        dest,
+        method: "admin.vm.CreateDisposable",
+        arg: "",
+        payload: b"",
+    };
+    match handlers::run(ctx, &req, events)? {
+        Response::Value(Some(n)) => Ok(n),
+        other => Err(ApiError::abort(format!("unexpected {other:?}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests;
