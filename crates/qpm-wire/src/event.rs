@@ -178,7 +178,9 @@ impl EventDecoder {
 
     fn fail(&mut self, e: EventError) -> EventError {
         self.failed = Some(e.clone());
-        self.buf.clear();
+        if matches!(e, EventError::TooLong { .. }) {
+            self.buf.clear();
+        }
         e
     }
 }
