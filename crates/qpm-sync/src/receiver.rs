@@ -1,0 +1,1552 @@
+//! The receiving side: staging, validation, review and journaled apply.
+//!
+//! State directory layout (private, `0700`):
+//!
+//! ```text
+//! applied.json            what qpm put where: hash + stat cache, per path
+//! history.jsonl           one line per applied sync (id, source, time, counts)
+//! agent.log               details of refusals (the caller only gets a fixed reply)
+//! journal.json            present only while a sync is being applied
+//! pending/<id>/plan.json  a sync waiting for consent (or being applied)
+//! pending/<id>/data/<n>   staged content of manifest entry n
+//! backups/<id>/index.json previous versions replaced by sync <id>
+//! backups/<id>/<n>        previous content
+//! ```
+//!
+//! Apply (all-or-nothing): (1) write the journal in state `preparing`;
+//! (2) for every file make the content ready beside its target (the staged
+//! file itself when the state directory is on the target's filesystem,
+//! otherwise a copy in the target directory), hard-link or copy the previous
+//! version into the backup directory; (3) one `syncfs` per filesystem;
+//! (4) rewrite the journal as `committed`; (5) rename every file into place
+//! and unlink deletions; (6) `fsync` the touched directories, record the new
+//! state, remove the journal. A crash before (4) rolls back (temporaries and
+//! backups removed, the sync stays pending); after it, the next run of the
+//! agent rolls forward. Every step is idempotent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use qpm_fs::{DirPolicy, Kind as FKind, RelPath, Root};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentConfig, Gui};
+use crate::diff;
+use crate::proto::{self, Code, Manifest, Outcome, Tree, flags, frame};
+
+/// Receiver errors (local; the caller only sees a fixed reply).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The stream broke the protocol.
+    #[error(transparent)]
+    Proto(#[from] proto::ProtoError),
+    /// Filesystem failure.
+    #[error(transparent)]
+    Fs(#[from] qpm_fs::Error),
+    /// Refused by policy (allowlist, limits, caller, ownership).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// State files are damaged.
+    #[error("state `{file}`: {message}")]
+    State {
+        /// File.
+        file: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing pending with this id.
+    #[error("no pending sync `{0}`")]
+    NoPending(String),
+    /// Other I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// What the agent was started with.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The filesystem root system paths are relative to (`/` on a qube).
+    pub root: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// Configuration (already loaded).
+    pub config: AgentConfig,
+    /// Ambient paths that must never be written (the config file, the
+    /// agent's binary).
+    pub protected: Vec<PathBuf>,
+    /// Authenticated caller (`QREXEC_REMOTE_DOMAIN`).
+    pub caller: Option<String>,
+    /// X display for the consent dialog.
+    pub display: Option<String>,
+    /// Test hook: kill the agent with SIGKILL at journal step N.
+    pub crash_at: Option<u32>,
+    /// Test hook: pretend this much free space.
+    pub free_space: Option<u64>,
+}
+
+/// Stat cache + hash of a file qpm put in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// BLAKE3 hex of the content applied.
+    pub hash: String,
+    /// Size.
+    pub size: u64,
+    /// Mode applied.
+    pub mode: u32,
+    /// Source qube.
+    pub source: String,
+    /// Persistence flags.
+    #[serde(default)]
+    pub persist: u8,
+    /// Stat cache: device, inode, mtime, ctime.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Modification time (ns).
+    pub mtime_ns: i128,
+    /// Change time (ns).
+    pub ctime_ns: i128,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Applied {
+    files: BTreeMap<String, Record>,
+    #[serde(default)]
+    last_sync: String,
+    #[serde(default)]
+    last_applied: u64,
+}
+
+/// One change of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Op {
+    /// Write or delete.
+    pub delete: bool,
+    /// Tree.
+    pub tree: Tree,
+    /// Path in the tree.
+    pub path: String,
+    /// Staged data file (index in the manifest) for writes.
+    pub staged: Option<u32>,
+    /// Mode for writes.
+    pub mode: u32,
+    /// Owner for system files.
+    pub uid: u32,
+    /// Group for system files.
+    pub gid: u32,
+    /// New content hash (writes).
+    pub new_hash: Option<String>,
+    /// Content hash the target had when planned (None: absent).
+    pub base_hash: Option<String>,
+    /// The target was edited locally since qpm last wrote it (or qpm never
+    /// wrote it).
+    pub conflict: bool,
+    /// Secret: diff not shown.
+    pub secret: bool,
+    /// Persistence flags.
+    pub persist: u8,
+    /// Size of the new content.
+    pub size: u64,
+}
+
+impl Op {
+    fn key(&self) -> String {
+        key(self.tree, &self.path)
+    }
+    /// `~/path` or `/path`, escaped.
+    pub fn display(&self) -> String {
+        diff::escape_line(&format!("{}{}", self.tree.prefix(), self.path))
+    }
+}
+
+fn key(tree: Tree, path: &str) -> String {
+    match tree {
+        Tree::Home => format!("h:{path}"),
+        Tree::System => format!("s:{path}"),
+    }
+}
+
+/// A sync waiting for consent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// Sync id.
+    pub id: String,
+    /// Caller.
+    pub source: String,
+    /// Unix time received.
+    pub received: u64,
+    /// Changes.
+    pub ops: Vec<Op>,
+    /// Files qpm placed that were edited locally and are no longer in the
+    /// source's manifest (kept, reported).
+    pub kept: Vec<String>,
+    /// Restore records for a rollback plan.
+    #[serde(default)]
+    pub rollback_of: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JournalOp {
+    op: Op,
+    /// Where the ready content is: `s:` staged in state, `t:` temp beside target.
+    ready: Option<String>,
+    /// Backup file name in backups/<id>/, if the target existed.
+    backup: Option<String>,
+    /// Persistent copy temp (below root) for bind-dirs.
+    rw_ready: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Journal {
+    id: String,
+    committed: bool,
+    ops: Vec<JournalOp>,
+    plan: Plan,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BackupItem {
+    tree: Tree,
+    path: String,
+    backup: Option<String>,
+    previous: Option<Record>,
+    mode: u32,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rel(s: &str) -> Result<RelPath> {
+    Ok(RelPath::new(s)?)
+}
+
+fn hash_hex(h: &[u8; 32]) -> String {
+    hex::encode(h)
+}
+
+/// The receiver.
+#[derive(Debug)]
+pub struct Agent {
+    root: Root,
+    home: Root,
+    state: Root,
+    opts: AgentOptions,
+    extra_deny: Vec<String>,
+    euid: u32,
+    home_owner: (u32, u32),
+    step: std::cell::Cell<u32>,
+}
+
+/// Decision on a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consent {
+    /// Apply it.
+    Yes,
+    /// Discard it.
+    No,
+    /// Leave it queued.
+    Later,
+}
+
+impl Agent {
+    /// Opens the root, home and state directories and recovers an
+    /// interrupted apply.
+    pub fn open(opts: AgentOptions) -> Result<Self> {
+        let root = Root::open(&opts.root)?;
+        let home_rel = opts.config.home_rel().to_owned();
+        let home = if home_rel.is_empty() {
+            Root::open(&opts.root)?
+        } else {
+            root.open_dir(&rel(&home_rel)?)?
+        };
+        let state = Root::create_ambient(&opts.state, 0o700)?;
+        let hm = home.root_metadata()?;
+        let euid = rustix::process::geteuid().as_raw();
+        let mut extra_deny = Vec::new();
+        let root_abs = std::fs::canonicalize(&opts.root).unwrap_or_else(|_| opts.root.clone());
+        let mut protect = vec![opts.state.clone()];
+        protect.extend(opts.protected.iter().cloned());
+        for p in protect {
+            let p = std::fs::canonicalize(&p).unwrap_or(p);
+            if let Ok(r) = p.strip_prefix(&root_abs) {
+                let s = format!("/{}", r.display());
+                let is_dir = p.is_dir();
+                extra_deny.push(if is_dir { format!("{s}/") } else { s });
+            }
+        }
+        let agent = Self {
+            root,
+            home,
+            state,
+            opts,
+            extra_deny,
+            euid,
+            home_owner: (hm.uid, hm.gid),
+            step: std::cell::Cell::new(0),
+        };
+        for d in ["pending", "backups"] {
+            agent
+                .state
+                .create_dirs(&rel(d)?, 0o700, &DirPolicy::default())?;
+        }
+        agent.recover()?;
+        Ok(agent)
+    }
+
+    /// Test hook: counts journal steps and kills the process at the chosen one.
+    fn step(&self, what: &str) {
+        let n = self.step.get().saturating_add(1);
+        self.step.set(n);
+        tracing::trace!(step = n, what, "journal step");
+        if self.opts.crash_at == Some(n) {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+
+    fn log(&self, line: &str) {
+        // Local log: escaped, bounded, never file content.
+        let line = diff::escape_line(line);
+        let line = line.get(..line.len().min(2000)).unwrap_or("");
+        let entry = format!("{} {}\n", now(), line);
+        if let Ok(p) = rel("agent.log") {
+            let mut old = self.state.read_limited(&p, 1024 * 1024).unwrap_or_default();
+            if old.len() > 512 * 1024 {
+                old.drain(..old.len() / 2);
+            }
+            old.extend_from_slice(entry.as_bytes());
+            let _ = self.state.write_atomic(&p, &old, 0o600);
+        }
+        tracing::warn!("{}", line);
+    }
+
+    fn tree_root(&self, t: Tree) -> &Root {
+        match t {
+            Tree::Home => &self.home,
+            Tree::System => &self.root,
+        }
+    }
+
+    fn abs(&self, t: Tree, path: &str) -> String {
+        match t {
+            Tree::Home => format!("{}/{path}", self.opts.config.home.trim_end_matches('/')),
+            Tree::System => format!("/{path}"),
+        }
+    }
+
+    fn load_applied(&self) -> Result<Applied> {
+        match self
+            .state
+            .read_limited(&rel("applied.json")?, 64 * 1024 * 1024)
+        {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State {
+                file: "applied.json",
+                message: e.to_string(),
+            }),
+            Err(qpm_fs::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(Applied::default())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save_applied(&self, a: &Applied) -> Result<()> {
+        let b = serde_json::to_vec(a).map_err(|e| AgentError::State {
+            file: "applied.json",
+            message: e.to_string(),
+        })?;
+        self.state.write_atomic(&rel("applied.json")?, &b, 0o600)?;
+        Ok(())
+    }
+
+    /// Hash of the current file at `tree/path`: `Ok(None)` if absent,
+    /// `Err(Refused)` if it is not a regular file.
+    fn current_hash(&self, tree: Tree, path: &RelPath, max: u64) -> Result<Option<String>> {
+        let r = self.tree_root(tree);
+        match r.metadata(path)? {
+            None => Ok(None),
+            Some(m) if m.kind == FKind::File => {
+                if m.size > max {
+                    return Ok(Some("too-large".into()));
+                }
+                let mut f = r.open_read(path)?;
+                let mut h = blake3::Hasher::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(buf.get(..n).unwrap_or(&[]));
+                }
+                Ok(Some(h.finalize().to_hex().to_string()))
+            }
+            Some(m) if m.kind == FKind::Symlink => Ok(Some("symlink".into())),
+            Some(_) => Err(AgentError::Refused(format!(
+                "{} exists and is not a regular file",
+                self.abs(tree, path.as_str())
+            ))),
+        }
+    }
+
+    /// Whether the stat cache says the file is still what qpm wrote.
+    fn cache_hit(&self, tree: Tree, path: &RelPath, r: &Record) -> Result<bool> {
+        Ok(match self.tree_root(tree).metadata(path)? {
+            Some(m) => {
+                m.kind == FKind::File
+                    && m.dev == r.dev
+                    && m.ino == r.ino
+                    && m.size == r.size
+                    && m.mtime_ns == r.mtime_ns
+                    && m.ctime_ns == r.ctime_ns
+                    && m.mode == r.mode
+            }
+            None => false,
+        })
+    }
+
+    /// Serves one `qpm.SyncConfig` call: manifest in, need list out, data
+    /// in, result out. Returns the outcome (also sent to the caller).
+    pub fn serve(&self, input: &mut dyn Read, output: &mut dyn Write) -> Result<Outcome> {
+        let fail = |code: Code, msg: &str| Outcome {
+            code,
+            written: 0,
+            deleted: 0,
+            conflicts: 0,
+            message: msg.into(),
+        };
+        let manifest = match proto::read_frame(
+            input,
+            frame::MANIFEST,
+            "manifest",
+            proto::MAX_MANIFEST_BYTES,
+        )
+        .and_then(|b| Manifest::decode(&b))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                self.log(&format!("refused stream from {:?}: {e}", self.opts.caller));
+                let o = fail(Code::Refused, "invalid stream");
+                proto::write_frame(output, frame::RESULT, &o.encode())?;
+                return Ok(o);
+            }
+        };
+        if manifest.kind == proto::Kind::Status {
+            let s = self.status()?;
+            proto::write_frame(output, frame::STATUS, &s.encode())?;
+            output.flush()?;
+            return Ok(fail(Code::Unchanged, "status"));
+        }
+        let caller = self.opts.caller.clone().unwrap_or_else(|| "unknown".into());
+        if manifest.kind == proto::Kind::Capture {
+            return self.capture(&manifest, &caller, output);
+        }
+        match self.receive(&manifest, &caller, input, output) {
+            Ok(o) => {
+                proto::write_frame(output, frame::RESULT, &o.encode())?;
+                output.flush()?;
+                Ok(o)
+            }
+            Err(e) => {
+                self.log(&format!("sync from {caller:?} refused: {e}"));
+                let refused = match &e {
+                    AgentError::Refused(_) | AgentError::Proto(_) => true,
+                    AgentError::Fs(f) => !matches!(f, qpm_fs::Error::Io { .. }),
+                    _ => false,
+                };
+                let o = if refused {
+                    fail(Code::Refused, "refused; details in the target's agent log")
+                } else {
+                    fail(Code::Failed, "failed; details in the target's agent log")
+                };
+                let _ = proto::write_frame(output, frame::RESULT, &o.encode());
+                let _ = output.flush();
+                Ok(o)
+            }
+        }
+    }
+
+    /// Sends back one allowed, regular file (`qpm sync capture`).
+    fn capture(&self, m: &Manifest, caller: &str, output: &mut dyn Write) -> Result<Outcome> {
+        let refuse = |why: String, output: &mut dyn Write| -> Result<Outcome> {
+            self.log(&format!("capture by {caller:?} refused: {why}"));
+            let o = Outcome {
+                code: Code::Refused,
+                written: 0,
+                deleted: 0,
+                conflicts: 0,
+                message: "capture refused".into(),
+            };
+            proto::write_frame(output, frame::RESULT, &o.encode())?;
+            Ok(o)
+        };
+        let cfg = &self.opts.config;
+        if !cfg.sources.is_empty() && !cfg.sources.iter().any(|s| s == caller) {
+            return refuse("caller not an allowed source".into(), output);
+        }
+        let Some(e) = m.entries.first() else {
+            return refuse("no entry".into(), output);
+        };
+        if !cfg.allowed(&self.abs(e.tree, e.path.as_str()), &self.extra_deny) {
+            return refuse(format!("{} is not allowed", e.display()), output);
+        }
+        let content = match self
+            .tree_root(e.tree)
+            .read_limited(&e.path, cfg.max_file_size)
+        {
+            Ok(c) => c,
+            Err(err) => return refuse(err.to_string(), output),
+        };
+        let mut payload = 0u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&content);
+        proto::write_frame(output, frame::DATA, &payload)?;
+        output.flush()?;
+        Ok(Outcome {
+            code: Code::Unchanged,
+            written: 0,
+            deleted: 0,
+            conflicts: 0,
+            message: "captured".into(),
+        })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Result<proto::Status> {
+        let a = self.load_applied()?;
+        Ok(proto::Status {
+            last_sync: a.last_sync.clone(),
+            last_applied: a.last_applied,
+            managed: u32::try_from(a.files.len()).unwrap_or(u32::MAX),
+            pending: u32::try_from(self.pending()?.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn check_entries(&self, m: &Manifest, caller: &str) -> Result<()> {
+        let cfg = &self.opts.config;
+        if !cfg.sources.is_empty() && !cfg.sources.iter().any(|s| s == caller) {
+            return Err(AgentError::Refused(format!(
+                "caller {caller:?} is not an allowed source"
+            )));
+        }
+        if m.entries.len() > cfg.max_files as usize {
+            return Err(AgentError::Refused(format!(
+                "{} files, limit {}",
+                m.entries.len(),
+                cfg.max_files
+            )));
+        }
+        let mut total = 0u64;
+        for e in &m.entries {
+            if e.size > cfg.max_file_size {
+                return Err(AgentError::Refused(format!(
+                    "{} is {} bytes, limit {}",
+                    e.display(),
+                    e.size,
+                    cfg.max_file_size
+                )));
+            }
+            total = total.saturating_add(e.size);
+            let abs = self.abs(e.tree, e.path.as_str());
+            if !cfg.allowed(&abs, &self.extra_deny) {
+                return Err(AgentError::Refused(format!(
+                    "{} is not allowed",
+                    e.display()
+                )));
+            }
+            if e.tree == Tree::System && self.euid != 0 {
+                return Err(AgentError::Refused(format!(
+                    "{} is a system path and the agent does not run as root",
+                    e.display()
+                )));
+            }
+            if e.flags & (flags::PERSIST_BIND_DIRS | flags::PERSIST_CUSTOM) != 0
+                && e.path.as_str().contains('\'')
+            {
+                return Err(AgentError::Refused(format!(
+                    "{} cannot be persisted (quote in name)",
+                    e.display()
+                )));
+            }
+        }
+        if total > cfg.max_total_size {
+            return Err(AgentError::Refused(format!(
+                "{total} bytes in total, limit {}",
+                cfg.max_total_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn dir_policy(&self, tree: Tree) -> DirPolicy {
+        match tree {
+            Tree::Home => DirPolicy {
+                owner: Some(self.home_owner.0),
+                chown: if self.euid == 0 {
+                    Some(self.home_owner)
+                } else {
+                    None
+                },
+            },
+            Tree::System => DirPolicy {
+                owner: Some(0),
+                chown: Some((0, 0)),
+            },
+        }
+    }
+
+    fn receive(
+        &self,
+        m: &Manifest,
+        caller: &str,
+        input: &mut dyn Read,
+        output: &mut dyn Write,
+    ) -> Result<Outcome> {
+        self.check_entries(m, caller)?;
+        let applied = self.load_applied()?;
+        let cfg = &self.opts.config;
+        // What is needed, and what would conflict.
+        let mut need = Vec::new();
+        let mut base: HashMap<u32, Option<String>> = HashMap::new();
+        let mut conflicts: BTreeSet<u32> = BTreeSet::new();
+        for (i, e) in m.entries.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            let k = key(e.tree, e.path.as_str());
+            let want = hash_hex(&e.hash);
+            let rec = applied.files.get(&k);
+            if let Some(parent) = e.path.parent() {
+                self.tree_root(e.tree)
+                    .check_dirs(&parent, &self.dir_policy(e.tree))?;
+            }
+            if let Some(r) = rec {
+                if r.hash == want
+                    && u32::from(e.mode) == r.mode
+                    && r.source == caller
+                    && self.cache_hit(e.tree, &e.path, r)?
+                {
+                    continue;
+                }
+            }
+            let cur = self.current_hash(e.tree, &e.path, cfg.max_file_size)?;
+            if cur.as_deref() == Some(want.as_str())
+                && rec.is_some_and(|r| r.mode == u32::from(e.mode) && r.source == caller)
+                && self
+                    .tree_root(e.tree)
+                    .metadata(&e.path)?
+                    .is_some_and(|md| md.mode == u32::from(e.mode))
+            {
+                continue;
+            }
+            let conflict = match (&cur, rec) {
+                (None, _) => false,
+                (Some(c), Some(r)) => *c != r.hash && *c != want,
+                (Some(c), None) => *c != want,
+            };
+            if conflict {
+                conflicts.insert(i);
+            }
+            base.insert(i, cur);
+            need.push(i);
+        }
+        // Deletions: what this source placed and no longer sends.
+        let listed: BTreeSet<String> = m
+            .entries
+            .iter()
+            .map(|e| key(e.tree, e.path.as_str()))
+            .collect();
+        let mut deletes = Vec::new();
+        let mut kept = Vec::new();
+        for (k, r) in &applied.files {
+            if r.source != caller || listed.contains(k) {
+                continue;
+            }
+            let (tree, p) = match k.split_once(':') {
+                Some(("h", p)) => (Tree::Home, p),
+                Some(("s", p)) => (Tree::System, p),
+                _ => continue,
+            };
+            let path = rel(p)?;
+            let cur = if self.cache_hit(tree, &path, r)? {
+                Some(r.hash.clone())
+            } else {
+                self.current_hash(tree, &path, cfg.max_file_size)?
+            };
+            match cur {
+                None => deletes.push((tree, p.to_owned(), None, r.clone())),
+                Some(c) if c == r.hash => deletes.push((tree, p.to_owned(), Some(c), r.clone())),
+                Some(_) => kept.push(diff::escape_line(&format!("{}{p}", tree.prefix()))),
+            }
+        }
+        if need.is_empty() && deletes.iter().all(|d| d.2.is_none()) {
+            if !deletes.is_empty() {
+                // Already gone: forget them.
+                let mut a = applied;
+                for (t, p, _, _) in &deletes {
+                    a.files.remove(&key(*t, p));
+                }
+                self.save_applied(&a)?;
+            }
+            return Ok(Outcome {
+                code: Code::Unchanged,
+                written: 0,
+                deleted: 0,
+                conflicts: u32::try_from(kept.len()).unwrap_or(u32::MAX),
+                message: "nothing to change".into(),
+            });
+        }
+        // Free space before writing anything: staged data plus backups.
+        let bytes = m.size_of(&need);
+        let margin = 1024 * 1024 + 4096 * (need.len() as u64);
+        let free = match self.opts.free_space {
+            Some(f) => f,
+            None => self.state.free_space()?,
+        };
+        if bytes.saturating_mul(2).saturating_add(margin) > free {
+            return Err(AgentError::Refused(format!(
+                "not enough free space: need {bytes} bytes (plus backups), {free} available"
+            )));
+        }
+        proto::write_frame(output, frame::NEED, &proto::encode_need(&need))?;
+        output.flush()?;
+        // Stage.
+        let id = m.id();
+        let pdir = rel(&format!("pending/{id}"))?;
+        self.state.remove_tree(&pdir)?;
+        self.state.create_dirs(
+            &rel(&format!("pending/{id}/data"))?,
+            0o700,
+            &DirPolicy::default(),
+        )?;
+        if let Err(e) = self.stage(m, &need, &id, input) {
+            let _ = self.state.remove_tree(&pdir);
+            return Err(e);
+        }
+        let mut ops = Vec::new();
+        for &i in &need {
+            let Some(e) = m.entries.get(i as usize) else {
+                continue;
+            };
+            ops.push(Op {
+                delete: false,
+                tree: e.tree,
+                path: e.path.as_str().to_owned(),
+                staged: Some(i),
+                mode: u32::from(e.mode),
+                uid: e.uid,
+                gid: e.gid,
+                new_hash: Some(hash_hex(&e.hash)),
+                base_hash: base.get(&i).cloned().flatten(),
+                conflict: conflicts.contains(&i),
+                secret: e.flags & flags::SECRET != 0,
+                persist: e.flags & (flags::PERSIST_BIND_DIRS | flags::PERSIST_CUSTOM),
+                size: e.size,
+            });
+        }
+        for (tree, p, cur, r) in deletes {
+            if cur.is_none() {
+                continue;
+            }
+            ops.push(Op {
+                delete: true,
+                tree,
+                path: p,
+                staged: None,
+                mode: r.mode,
+                uid: 0,
+                gid: 0,
+                new_hash: None,
+                base_hash: cur,
+                conflict: false,
+                secret: false,
+                persist: r.persist,
+                size: 0,
+            });
+        }
+        let plan = Plan {
+            id: id.clone(),
+            source: caller.to_owned(),
+            received: now(),
+            ops,
+            kept,
+            rollback_of: None,
+        };
+        self.save_plan(&plan)?;
+        self.step("staged");
+        let n_conf =
+            u32::try_from(plan.ops.iter().filter(|o| o.conflict).count() + plan.kept.len())
+                .unwrap_or(u32::MAX);
+        let counts = |code, msg: &str| Outcome {
+            code,
+            written: u32::try_from(plan.ops.iter().filter(|o| !o.delete).count())
+                .unwrap_or(u32::MAX),
+            deleted: u32::try_from(plan.ops.iter().filter(|o| o.delete).count())
+                .unwrap_or(u32::MAX),
+            conflicts: n_conf,
+            message: msg.into(),
+        };
+        let auto = plan
+            .ops
+            .iter()
+            .all(|o| !o.conflict && cfg.auto(&self.abs(o.tree, &o.path)));
+        let consent = if auto {
+            Consent::Yes
+        } else {
+            self.ask_gui(&plan)
+        };
+        match consent {
+            Consent::Yes => {
+                self.apply(&id)?;
+                Ok(counts(Code::Applied, "applied"))
+            }
+            Consent::No => {
+                self.discard(&id)?;
+                Ok(counts(Code::Declined, "declined by the user of the target"))
+            }
+            Consent::Later => Ok(counts(
+                Code::Queued,
+                "queued for review in the target (qpm-agent review)",
+            )),
+        }
+    }
+
+    fn stage(&self, m: &Manifest, need: &[u32], id: &str, input: &mut dyn Read) -> Result<()> {
+        for &want in need {
+            let (t, len) = proto::read_header(input)?
+                .ok_or(proto::ProtoError::Truncated { what: "data frame" })?;
+            if t != frame::DATA {
+                return Err(proto::ProtoError::UnexpectedFrame {
+                    expected: "data frame",
+                    got: t,
+                }
+                .into());
+            }
+            let e = m
+                .entries
+                .get(want as usize)
+                .ok_or_else(|| AgentError::Refused("need index".into()))?;
+            if u64::from(len) != e.size.saturating_add(4) {
+                return Err(AgentError::Refused(format!(
+                    "data frame for {} has length {len}, expected {}",
+                    e.display(),
+                    e.size.saturating_add(4)
+                )));
+            }
+            let mut idx = [0u8; 4];
+            input
+                .read_exact(&mut idx)
+                .map_err(|_| proto::ProtoError::Truncated { what: "data frame" })?;
+            if u32::from_be_bytes(idx) != want {
+                return Err(AgentError::Refused("data frames out of order".into()));
+            }
+            let mut t = self
+                .state
+                .create_temp(Some(&rel(&format!("pending/{id}/data"))?), 0o600)?;
+            let mut hr = HashingReader {
+                inner: input,
+                hasher: blake3::Hasher::new(),
+            };
+            let n = t.copy_from(&mut hr, e.size)?;
+            if n != e.size {
+                return Err(proto::ProtoError::Truncated { what: "file data" }.into());
+            }
+            if hr.hasher.finalize().as_bytes() != &e.hash {
+                return Err(AgentError::Refused(format!(
+                    "content of {} does not match its hash",
+                    e.display()
+                )));
+            }
+            let tmp = t.finish();
+            self.state.rename(
+                &tmp,
+                &self.state,
+                &rel(&format!("pending/{id}/data/{want}"))?,
+            )?;
+        }
+        let (t, len) =
+            proto::read_header(input)?.ok_or(proto::ProtoError::Truncated { what: "end frame" })?;
+        if t != frame::END || len != 0 {
+            return Err(proto::ProtoError::UnexpectedFrame {
+                expected: "end frame",
+                got: t,
+            }
+            .into());
+        }
+        // Nothing may follow.
+        let mut extra = [0u8; 1];
+        if input.read(&mut extra)? != 0 {
+            return Err(AgentError::Refused("data after the end frame".into()));
+        }
+        Ok(())
+    }
+
+    fn save_plan(&self, p: &Plan) -> Result<()> {
+        let b = serde_json::to_vec_pretty(p).map_err(|e| AgentError::State {
+            file: "plan.json",
+            message: e.to_string(),
+        })?;
+        self.state
+            .write_atomic(&rel(&format!("pending/{}/plan.json", p.id))?, &b, 0o600)?;
+        Ok(())
+    }
+
+    /// Loads a pending plan.
+    pub fn plan(&self, id: &str) -> Result<Plan> {
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || id.is_empty() {
+            return Err(AgentError::NoPending(diff::escape_line(id)));
+        }
+        let p = rel(&format!("pending/{id}/plan.json"))?;
+        let b = match self.state.read_limited(&p, 64 * 1024 * 1024) {
+            Ok(b) => b,
+            Err(qpm_fs::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(AgentError::NoPending(id.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&b).map_err(|e| AgentError::State {
+            file: "plan.json",
+            message: e.to_string(),
+        })
+    }
+
+    /// Pending syncs, oldest first.
+    pub fn pending(&self) -> Result<Vec<Plan>> {
+        let mut out = Vec::new();
+        for (name, kind) in self.state.read_dir(Some(&rel("pending")?))? {
+            if kind == FKind::Dir {
+                if let Ok(p) = self.plan(&name) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort_by_key(|p| p.received);
+        Ok(out)
+    }
+
+    /// Drops a pending sync.
+    pub fn discard(&self, id: &str) -> Result<()> {
+        let _ = self.plan(id)?;
+        self.state.remove_tree(&rel(&format!("pending/{id}"))?)?;
+        self.log(&format!("sync {id} discarded"));
+        Ok(())
+    }
+
+    /// The review text of a plan: a header and a unified diff per change.
+    pub fn review_text(&self, plan: &Plan) -> Result<String> {
+        let mut out = format!(
+            "Configuration from {} (sync {}): {} change(s)\n",
+            diff::escape_line(&plan.source),
+            plan.id,
+            plan.ops.len()
+        );
+        for o in &plan.ops {
+            if o.conflict {
+                out.push_str(&format!(
+                    "WARNING: {} was changed in this qube since qpm last wrote it (or was not written by qpm); applying replaces it (a backup is kept)\n",
+                    o.display()
+                ));
+            }
+        }
+        for k in &plan.kept {
+            out.push_str(&format!(
+                "note: {k} was removed from the source but edited here; it is kept\n"
+            ));
+        }
+        out.push('\n');
+        for o in &plan.ops {
+            let path = rel(&o.path)?;
+            let max = self.opts.config.max_file_size;
+            let old = match self.tree_root(o.tree).metadata(&path) {
+                Ok(Some(m)) if m.kind == FKind::File => Some(
+                    self.tree_root(o.tree)
+                        .read_limited(&path, max.max(m.size))?,
+                ),
+                Ok(Some(_)) => Some(b"(not a regular file)".to_vec()),
+                Ok(None) => None,
+                Err(e) => {
+                    out.push_str(&format!(
+                        "WARNING: {}: {e}; applying will fail\n",
+                        o.display()
+                    ));
+                    None
+                }
+            };
+            let new = match o.staged {
+                Some(i) if !o.delete => Some(
+                    self.state
+                        .read_limited(&rel(&format!("pending/{}/data/{i}", plan.id))?, max)?,
+                ),
+                _ => None,
+            };
+            out.push_str(&diff::unified(
+                &format!("{}{}", o.tree.prefix(), o.path),
+                old.as_deref(),
+                new.as_deref(),
+                o.secret,
+            ));
+            if !o.delete {
+                out.push_str(&format!("mode {:o}\n", o.mode));
+            }
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    fn ask_gui(&self, plan: &Plan) -> Consent {
+        if self.opts.config.gui == Gui::Never {
+            return Consent::Later;
+        }
+        let Some(display) = self.opts.display.clone().filter(|d| !d.is_empty()) else {
+            return Consent::Later;
+        };
+        let text = match self.review_text(plan) {
+            Ok(t) => t,
+            Err(e) => {
+                self.log(&format!("review text for {}: {e}", plan.id));
+                return Consent::Later;
+            }
+        };
+        let Ok(f) = rel(&format!("pending/{}/review.txt", plan.id)) else {
+            return Consent::Later;
+        };
+        if self.state.write_atomic(&f, text.as_bytes(), 0o600).is_err() {
+            return Consent::Later;
+        }
+        let status = std::process::Command::new(&self.opts.config.dialog)
+            .arg("--text-info")
+            .arg(format!(
+                "--title=qpm: configuration from {}",
+                diff::escape_line(&plan.source)
+            ))
+            .arg(format!(
+                "--filename={}",
+                self.state.display_path(&f).display()
+            ))
+            .args([
+                "--width=900",
+                "--height=600",
+                "--ok-label=Apply",
+                "--cancel-label=Reject",
+                "--font=Monospace 10",
+            ])
+            .env("DISPLAY", display)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output();
+        match status.as_ref().map(|s| {
+            (
+                s.status.code(),
+                s.stderr.is_empty() || !String::from_utf8_lossy(&s.stderr).contains("display"),
+            )
+        }) {
+            Ok((Some(0), _)) => Consent::Yes,
+            Ok((Some(1), true)) => Consent::No,
+            other => {
+                self.log(&format!(
+                    "consent dialog unavailable ({other:?}); sync {} queued",
+                    plan.id
+                ));
+                Consent::Later
+            }
+        }
+    }
+
+    /// Applies a pending sync through the journal.
+    pub fn apply(&self, id: &str) -> Result<()> {
+        let plan = self.plan(id)?;
+        // The target must still be what the plan was made against.
+        for o in &plan.ops {
+            let cur = self.current_hash(o.tree, &rel(&o.path)?, self.opts.config.max_file_size)?;
+            if cur != o.base_hash {
+                return Err(AgentError::Refused(format!(
+                    "{} changed since the sync was received; it was not applied",
+                    o.display()
+                )));
+            }
+        }
+        let mut jops: Vec<JournalOp> = plan
+            .ops
+            .iter()
+            .map(|o| JournalOp {
+                op: o.clone(),
+                ready: None,
+                backup: None,
+                rw_ready: None,
+            })
+            .collect();
+        let mut journal = Journal {
+            id: id.to_owned(),
+            committed: false,
+            ops: jops.clone(),
+            plan,
+        };
+        self.write_journal(&journal)?;
+        self.step("journal preparing");
+        let state_dev = self.state.root_metadata()?.dev;
+        let bdir = format!("backups/{id}");
+        self.state
+            .create_dirs(&rel(&bdir)?, 0o700, &DirPolicy::default())?;
+        let mut backups = Vec::new();
+        let mut devs: BTreeSet<u64> = BTreeSet::from([state_dev]);
+        for n in 0..jops.len() {
+            let Some(j) = jops.get_mut(n) else { break };
+            let o = j.op.clone();
+            let troot = self.tree_root(o.tree);
+            let path = rel(&o.path)?;
+            let pol = self.dir_policy(o.tree);
+            let (uid, gid) = match o.tree {
+                Tree::Home => self.home_owner,
+                Tree::System => (o.uid, o.gid),
+            };
+            if let Some(parent) = path.parent() {
+                troot.create_dirs(&parent, 0o755, &pol)?;
+                devs.insert(troot.open_dir(&parent)?.root_metadata()?.dev);
+            } else {
+                devs.insert(troot.root_metadata()?.dev);
+            }
+            // Backup of the current version.
+            let prev = match troot.metadata(&path)? {
+                Some(m) if m.kind == FKind::File => {
+                    let b = rel(&format!("{bdir}/{n}"))?;
+                    self.state.remove_file(&b)?;
+                    if troot.hard_link(&path, &self.state, &b).is_err() {
+                        let mut src = troot.open_read(&path)?;
+                        let mut t = self.state.create_temp(Some(&rel(&bdir)?), 0o600)?;
+                        t.copy_from(&mut src, u64::MAX)?;
+                        let tmp = t.finish();
+                        self.state.rename(&tmp, &self.state, &b)?;
+                    }
+                    Some((n.to_string(), m.mode))
+                }
+                _ => None,
+            };
+            j.backup = prev.as_ref().map(|p| p.0.clone());
+            backups.push(BackupItem {
+                tree: o.tree,
+                path: o.path.clone(),
+                backup: j.backup.clone(),
+                previous: None,
+                mode: prev.map_or(0, |p| p.1),
+            });
+            if o.delete {
+                continue;
+            }
+            let Some(i) = o.staged else { continue };
+            let staged = rel(&format!("pending/{id}/data/{i}"))?;
+            let parent_dev = match path.parent() {
+                Some(p) => troot.open_dir(&p)?.root_metadata()?.dev,
+                None => troot.root_metadata()?.dev,
+            };
+            let owner = if self.euid == 0 {
+                Some((uid, gid))
+            } else {
+                None
+            };
+            if parent_dev == state_dev {
+                set_perms(&self.state, &staged, o.mode, owner)?;
+                j.ready = Some(format!("s:{}", staged.as_str()));
+            } else {
+                let mut src = self.state.open_read(&staged)?;
+                let mut t = troot.create_temp(path.parent().as_ref(), o.mode)?;
+                t.copy_from(&mut src, u64::MAX)?;
+                if let Some((u, g)) = owner {
+                    t.chown(u, g)?;
+                }
+                j.ready = Some(format!("t:{}", t.finish().as_str()));
+            }
+            if o.persist != 0 {
+                let rw = self
+                    .opts
+                    .config
+                    .bind_dirs_rw
+                    .trim_start_matches('/')
+                    .to_owned();
+                let target = rel(&format!("{rw}/{}", o.path))?;
+                if let Some(parent) = target.parent() {
+                    self.root.create_dirs(
+                        &parent,
+                        0o755,
+                        &DirPolicy {
+                            owner: Some(0),
+                            chown: Some((0, 0)),
+                        },
+                    )?;
+                }
+                let mut src = self.state.open_read(&staged)?;
+                let mut t = self.root.create_temp(target.parent().as_ref(), o.mode)?;
+                t.copy_from(&mut src, u64::MAX)?;
+                if let Some((u, g)) = owner {
+                    t.chown(u, g)?;
+                }
+                j.rw_ready = Some(t.finish().as_str().to_owned());
+            }
+            // A temporary outside the state directory is recorded as soon
+            // as it exists, so that a crash can clean it up.
+            if j.ready.as_deref().is_some_and(|r| r.starts_with("t:")) || j.rw_ready.is_some() {
+                journal.ops = jops.clone();
+                self.write_journal(&journal)?;
+            }
+        }
+        journal.ops = jops.clone();
+        self.write_journal(&journal)?;
+        let b = serde_json::to_vec(&backups).map_err(|e| AgentError::State {
+            file: "backups",
+            message: e.to_string(),
+        })?;
+        self.state
+            .write_atomic(&rel(&format!("{bdir}/index.json"))?, &b, 0o600)?;
+        self.step("prepared");
+        // One syncfs per filesystem: all content and backups durable at once.
+        self.state.syncfs()?;
+        if devs.len() > 1 {
+            self.home.syncfs()?;
+            self.root.syncfs()?;
+        }
+        self.step("synced");
+        journal.committed = true;
+        self.write_journal(&journal)?;
+        self.step("committed");
+        self.roll_forward(&journal)
+    }
+
+    fn write_journal(&self, j: &Journal) -> Result<()> {
+        let b = serde_json::to_vec(j).map_err(|e| AgentError::State {
+            file: "journal.json",
+            message: e.to_string(),
+        })?;
+        self.state.write_atomic(&rel("journal.json")?, &b, 0o600)?;
+        Ok(())
+    }
+
+    /// Finishes or undoes an interrupted apply.
+    pub fn recover(&self) -> Result<()> {
+        let p = rel("journal.json")?;
+        let b = match self.state.read_limited(&p, 256 * 1024 * 1024) {
+            Ok(b) => b,
+            Err(qpm_fs::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let j: Journal = serde_json::from_slice(&b).map_err(|e| AgentError::State {
+            file: "journal.json",
+            message: e.to_string(),
+        })?;
+        if j.committed {
+            self.log(&format!("finishing interrupted apply of sync {}", j.id));
+            self.roll_forward(&j)
+        } else {
+            self.log(&format!("undoing interrupted preparation of sync {}", j.id));
+            for jo in &j.ops {
+                if let Some(t) = jo.ready.as_deref().and_then(|r| r.strip_prefix("t:")) {
+                    self.tree_root(jo.op.tree).remove_file(&rel(t)?)?;
+                }
+                if let Some(t) = &jo.rw_ready {
+                    self.root.remove_file(&rel(t)?)?;
+                }
+            }
+            self.state
+                .remove_tree(&rel(&format!("backups/{}", j.id))?)?;
+            self.state.remove_file(&p)?;
+            self.state.sync_dir(None)?;
+            Ok(())
+        }
+    }
+
+    fn roll_forward(&self, j: &Journal) -> Result<()> {
+        let mut dirs: BTreeSet<(Tree, Option<String>)> = BTreeSet::new();
+        for jo in &j.ops {
+            let o = &jo.op;
+            let troot = self.tree_root(o.tree);
+            let path = rel(&o.path)?;
+            dirs.insert((o.tree, path.parent().map(|p| p.as_str().to_owned())));
+            if o.delete {
+                // Only what is still the content qpm put there.
+                if let Some(h) = self.current_hash(o.tree, &path, u64::MAX)? {
+                    if Some(&h) == o.base_hash.as_ref() {
+                        troot.remove_file(&path)?;
+                    }
+                }
+            } else if let Some(r) = &jo.ready {
+                let (from_root, from) = match r.split_once(':') {
+                    Some(("s", p)) => (&self.state, rel(p)?),
+                    Some(("t", p)) => (troot, rel(p)?),
+                    _ => {
+                        return Err(AgentError::State {
+                            file: "journal.json",
+                            message: "bad ready entry".into(),
+                        });
+                    }
+                };
+                if from_root.metadata(&from)?.is_some() {
+                    from_root.rename(&from, troot, &path)?;
+                }
+            }
+            if let Some(t) = &jo.rw_ready {
+                let t = rel(t)?;
+                let rw = self
+                    .opts
+                    .config
+                    .bind_dirs_rw
+                    .trim_start_matches('/')
+                    .to_owned();
+                let dest = rel(&format!("{rw}/{}", o.path))?;
+                if o.delete {
+                    self.root.remove_file(&dest)?;
+                } else if self.root.metadata(&t)?.is_some() {
+                    self.root.rename(&t, &self.root, &dest)?;
+                }
+            }
+            self.step("renamed");
+        }
+        for (tree, d) in &dirs {
+            let d = d.as_deref().map(rel).transpose()?;
+            self.tree_root(*tree).sync_dir(d.as_ref())?;
+        }
+        // New state.
+        let mut a = self.load_applied()?;
+        let mut backups: Vec<BackupItem> = self
+            .state
+            .read_limited(
+                &rel(&format!("backups/{}/index.json", j.id))?,
+                64 * 1024 * 1024,
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for (jo, bi) in j.ops.iter().zip(backups.iter_mut()) {
+            let o = &jo.op;
+            let k = o.key();
+            bi.previous = a.files.get(&k).cloned();
+            if o.delete {
+                a.files.remove(&k);
+                continue;
+            }
+            let path = rel(&o.path)?;
+            if let Some(m) = self.tree_root(o.tree).metadata(&path)? {
+                a.files.insert(
+                    k,
+                    Record {
+                        hash: o.new_hash.clone().unwrap_or_default(),
+                        size: m.size,
+                        mode: m.mode,
+                        source: j.plan.source.clone(),
+                        persist: o.persist,
+                        dev: m.dev,
+                        ino: m.ino,
+                        mtime_ns: m.mtime_ns,
+                        ctime_ns: m.ctime_ns,
+                    },
+                );
+            }
+        }
+        if j.plan.rollback_of.is_none() {
+            let b = serde_json::to_vec(&backups).map_err(|e| AgentError::State {
+                file: "backups",
+                message: e.to_string(),
+            })?;
+            let idx = rel(&format!("backups/{}/index.json", j.id))?;
+            if self.state.metadata(&idx)?.is_some() {
+                self.state.write_atomic(&idx, &b, 0o600)?;
+            }
+        }
+        a.last_sync = j.id.clone();
+        a.last_applied = now();
+        self.save_applied(&a)?;
+        self.update_bind_dirs(&a)?;
+        let hist = serde_json::json!({
+            "id": j.id, "source": j.plan.source, "time": a.last_applied,
+            "written": j.ops.iter().filter(|o| !o.op.delete).count(),
+            "deleted": j.ops.iter().filter(|o| o.op.delete).count(),
+            "rollback_of": j.plan.rollback_of,
+        });
+        let hp = rel("history.jsonl")?;
+        let mut h = self
+            .state
+            .read_limited(&hp, 16 * 1024 * 1024)
+            .unwrap_or_default();
+        h.extend_from_slice(format!("{hist}\n").as_bytes());
+        self.state.write_atomic(&hp, &h, 0o600)?;
+        self.step("state recorded");
+        self.state.remove_file(&rel("journal.json")?)?;
+        self.state.sync_dir(None)?;
+        self.state
+            .remove_tree(&rel(&format!("pending/{}", j.id))?)?;
+        self.step("done");
+        Ok(())
+    }
+
+    /// Rewrites the agent's bind-dirs file from the persisted records.
+    fn update_bind_dirs(&self, a: &Applied) -> Result<()> {
+        let paths: Vec<&str> = a
+            .files
+            .iter()
+            .filter(|(_, r)| r.persist & flags::PERSIST_BIND_DIRS != 0)
+            .filter_map(|(k, _)| k.strip_prefix("s:"))
+            .collect();
+        let f = rel(self.opts.config.bind_dirs_file.trim_start_matches('/'))?;
+        if paths.is_empty() && self.root.metadata(&f)?.is_none() {
+            return Ok(());
+        }
+        let mut s = String::from(
+            "# Written by qpm-agent: configuration files synced by qpm that persist across restarts.\n",
+        );
+        for p in paths {
+            s.push_str(&format!("binds+=( '/{}' )\n", p.replace('\'', "")));
+        }
+        if let Some(parent) = f.parent() {
+            self.root
+                .create_dirs(&parent, 0o755, &DirPolicy::default())?;
+        }
+        self.root.write_atomic(&f, s.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// Applied syncs, oldest first (raw JSON lines).
+    pub fn history(&self) -> Result<Vec<serde_json::Value>> {
+        let b = self
+            .state
+            .read_limited(&rel("history.jsonl")?, 16 * 1024 * 1024)
+            .unwrap_or_default();
+        Ok(b.split(|&c| c == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect())
+    }
+
+    /// Restores the versions a sync replaced (the last applied one by
+    /// default), through the same journal. Files the sync created are
+    /// removed if unchanged since.
+    pub fn rollback(&self, id: Option<&str>) -> Result<String> {
+        let hist = self.history()?;
+        let id = match id {
+            Some(i) => i.to_owned(),
+            None => hist
+                .iter()
+                .rev()
+                .find(|h| h.get("rollback_of").is_none_or(serde_json::Value::is_null))
+                .and_then(|h| h.get("id")?.as_str().map(str::to_owned))
+                .ok_or_else(|| AgentError::NoPending("nothing to roll back".into()))?,
+        };
+        if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AgentError::NoPending(diff::escape_line(&id)));
+        }
+        let items: Vec<BackupItem> = serde_json::from_slice(
+            &self
+                .state
+                .read_limited(&rel(&format!("backups/{id}/index.json"))?, 64 * 1024 * 1024)
+                .map_err(|_| AgentError::NoPending(id.clone()))?,
+        )
+        .map_err(|e| AgentError::State {
+            file: "backups index",
+            message: e.to_string(),
+        })?;
+        let rid = format!("{id}-rollback-{}", now());
+        let data = format!("pending/{rid}/data");
+        self.state
+            .create_dirs(&rel(&data)?, 0o700, &DirPolicy::default())?;
+        let a = self.load_applied()?;
+        let mut ops = Vec::new();
+        for (n, it) in items.iter().enumerate() {
+            let path = rel(&it.path)?;
+            let cur = self.current_hash(it.tree, &path, u64::MAX)?;
+            let applied_hash = a.files.get(&key(it.tree, &it.path)).map(|r| r.hash.clone());
+            match &it.backup {
+                Some(b) => {
+                    let content = self
+                        .state
+                        .read_limited(&rel(&format!("backups/{id}/{b}"))?, u64::MAX)?;
+                    let staged = rel(&format!("{data}/{n}"))?;
+                    self.state.write_atomic(&staged, &content, 0o600)?;
+                    ops.push(Op {
+                        delete: false,
+                        tree: it.tree,
+                        path: it.path.clone(),
+                        staged: Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                        mode: it.mode,
+                        uid: 0,
+                        gid: 0,
+                        new_hash: Some(blake3::hash(&content).to_hex().to_string()),
+                        base_hash: cur.clone(),
+                        conflict: cur.is_some() && cur != applied_hash,
+                        secret: false,
+                        persist: it.previous.as_ref().map_or(0, |p| p.persist),
+                        size: content.len() as u64,
+                    });
+                }
+                None if cur.is_some() && cur == applied_hash => ops.push(Op {
+                    delete: true,
+                    tree: it.tree,
+                    path: it.path.clone(),
+                    staged: None,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    new_hash: None,
+                    base_hash: cur,
+                    conflict: false,
+                    secret: false,
+                    persist: 0,
+                    size: 0,
+                }),
+                None => {}
+            }
+        }
+        let plan = Plan {
+            id: rid.clone(),
+            source: "rollback".into(),
+            received: now(),
+            ops,
+            kept: Vec::new(),
+            rollback_of: Some(id),
+        };
+        self.save_plan(&plan)?;
+        self.apply(&rid)?;
+        Ok(rid)
+    }
+}
+
+fn set_perms(root: &Root, p: &RelPath, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    root.set_perms(p, mode, owner)?;
+    Ok(())
+}
+
+struct HashingReader<'a> {
+    inner: &'a mut dyn Read,
+    hasher: blake3::Hasher,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or(&[]));
+        Ok(n)
+    }
+}
+
+/// Where a state directory lives by default: `$XDG_STATE_HOME/qpm-agent`,
+/// `~/.local/state/qpm-agent`, or `/var/lib/qpm-agent` for root.
+pub fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/qpm-agent");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Path::new(&x).join("qpm-agent");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/home/user".into());
+    Path::new(&home).join(".local/state/qpm-agent")
+}

@@ -1,0 +1,408 @@
+//! The configuration repository in the config qube: a directory tree plus
+//! `qpm-sync.toml`, the map of which files go to which qubes.
+//!
+//! ```toml
+//! [[file]]
+//! src = "git/gitconfig"      # file or directory in the repository
+//! dest = "~/.gitconfig"      # `~/...` home of the qube's user, `/...` system path
+//! to = ["work", "@tag:dev"]  # qube names and tags
+//! mode = "0644"              # default 0644 (files of a directory keep 0644 or 0755 if executable)
+//!
+//! [[file]]
+//! src = "app/app.conf"
+//! dest = "/etc/app/app.conf"
+//! to = ["work"]
+//! owner = 0                  # system paths only: numeric uid/gid
+//! group = 0
+//! persist = true             # survive restarts (bind-dirs or custom-persist)
+//!
+//! [[file]]
+//! src = "secrets/netrc"
+//! dest = "~/.netrc"
+//! to = ["work"]
+//! mode = "0600"
+//! secret = true              # never printed, diffs say only that it changed
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use qpm_fs::{Kind as FKind, RelPath, Root};
+
+use crate::proto::Tree;
+
+/// Name of the map file at the repository root.
+pub const MAP_FILE: &str = "qpm-sync.toml";
+/// Largest map file.
+pub const MAX_MAP_BYTES: u64 = 1024 * 1024;
+
+/// Errors reading the repository.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// The map is invalid.
+    #[error("{file}: {message}")]
+    Map {
+        /// File (with line when known).
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Filesystem error.
+    #[error(transparent)]
+    Fs(#[from] qpm_fs::Error),
+}
+
+type Result<T> = std::result::Result<T, RepoError>;
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    #[serde(default)]
+    file: Vec<RawFile>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    src: String,
+    dest: String,
+    to: Vec<String>,
+    mode: Option<String>,
+    owner: Option<u32>,
+    group: Option<u32>,
+    #[serde(default)]
+    secret: bool,
+    #[serde(default)]
+    persist: bool,
+}
+
+/// One mapping of the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// Source in the repository.
+    pub src: RelPath,
+    /// Destination tree.
+    pub tree: Tree,
+    /// Destination path in the tree.
+    pub dest: RelPath,
+    /// Qube names and `@tag:` selectors.
+    pub to: Vec<String>,
+    /// Mode (None: 0644, or 0755 for executable files of a directory).
+    pub mode: Option<u16>,
+    /// Owner (system paths).
+    pub uid: u32,
+    /// Group (system paths).
+    pub gid: u32,
+    /// Secret.
+    pub secret: bool,
+    /// Persist across restarts (system paths).
+    pub persist: bool,
+}
+
+/// A file to push, resolved for one qube.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Path in the repository.
+    pub src: RelPath,
+    /// Destination tree.
+    pub tree: Tree,
+    /// Destination path.
+    pub dest: RelPath,
+    /// Mode.
+    pub mode: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Secret.
+    pub secret: bool,
+    /// Persist.
+    pub persist: bool,
+}
+
+impl Item {
+    /// `~/x` or `/x`, escaped.
+    pub fn display(&self) -> String {
+        format!("{}{}", self.tree.prefix(), self.dest)
+    }
+}
+
+/// A loaded repository.
+#[derive(Debug)]
+pub struct Repo {
+    root: Root,
+    path: PathBuf,
+    /// The mappings, in file order.
+    pub mappings: Vec<Mapping>,
+}
+
+fn parse_dest(s: &str) -> std::result::Result<(Tree, RelPath), String> {
+    let (tree, rest) = if let Some(r) = s.strip_prefix("~/") {
+        (Tree::Home, r)
+    } else if let Some(r) = s.strip_prefix('/') {
+        (Tree::System, r)
+    } else {
+        return Err(format!(
+            "dest must start with `~/` or `/`: `{}`",
+            s.escape_debug()
+        ));
+    };
+    RelPath::new(rest.trim_end_matches('/'))
+        .map(|p| (tree, p))
+        .map_err(|e| e.to_string())
+}
+
+impl Repo {
+    /// Loads the repository at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let root = Root::open(path)?;
+        let file = path.join(MAP_FILE).display().to_string();
+        let text = root.read_limited(&RelPath::new(MAP_FILE)?, MAX_MAP_BYTES)?;
+        let text = String::from_utf8(text).map_err(|_| RepoError::Map {
+            file: file.clone(),
+            message: "not UTF-8".into(),
+        })?;
+        let raw: RawMap = toml::from_str(&text).map_err(|e| RepoError::Map {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let mut mappings = Vec::new();
+        for (i, f) in raw.file.into_iter().enumerate() {
+            let at = |m: String| RepoError::Map {
+                file: format!("{file} [[file]] #{}", i + 1),
+                message: m,
+            };
+            let src = RelPath::new(f.src.trim_end_matches('/')).map_err(|e| at(e.to_string()))?;
+            let (tree, dest) = parse_dest(&f.dest).map_err(at)?;
+            let mode = match &f.mode {
+                None => None,
+                Some(m) => {
+                    let v = u16::from_str_radix(m.trim_start_matches("0o"), 8)
+                        .map_err(|_| at(format!("mode is not octal: `{}`", m.escape_debug())))?;
+                    if v & !0o777 != 0 {
+                        return Err(at(format!(
+                            "mode `{m}` has setuid, setgid or sticky bits (not synced)"
+                        )));
+                    }
+                    Some(v)
+                }
+            };
+            if tree == Tree::Home && (f.owner.is_some() || f.group.is_some() || f.persist) {
+                return Err(at("owner, group and persist apply to system paths only (home files belong to the qube's user and persist anyway)".into()));
+            }
+            if f.to.is_empty() {
+                return Err(at("`to` is empty".into()));
+            }
+            for t in &f.to {
+                let name = t.strip_prefix("@tag:").unwrap_or(t);
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(at(format!("invalid qube or tag `{}`", t.escape_debug())));
+                }
+            }
+            mappings.push(Mapping {
+                src,
+                tree,
+                dest,
+                to: f.to,
+                mode,
+                uid: f.owner.unwrap_or(0),
+                gid: f.group.unwrap_or(0),
+                secret: f.secret,
+                persist: f.persist,
+            });
+        }
+        Ok(Self {
+            root,
+            path: path.to_owned(),
+            mappings,
+        })
+    }
+
+    /// The repository's root handle.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// The repository path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Qubes named explicitly in the map.
+    pub fn named_qubes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .mappings
+            .iter()
+            .flat_map(|m| m.to.iter())
+            .filter(|t| !t.starts_with("@tag:"))
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Whether the map uses tags.
+    pub fn uses_tags(&self) -> bool {
+        self.mappings
+            .iter()
+            .any(|m| m.to.iter().any(|t| t.starts_with("@tag:")))
+    }
+
+    /// Files for `qube` with `tags`, sorted by destination. Directories are
+    /// walked (iteratively; symlinks and special files in the repository
+    /// are refused).
+    pub fn items_for(&self, qube: &str, tags: &[String]) -> Result<Vec<Item>> {
+        let mut out: Vec<Item> = Vec::new();
+        for m in &self.mappings {
+            let hit = m.to.iter().any(|t| match t.strip_prefix("@tag:") {
+                Some(tag) => tags.iter().any(|x| x == tag),
+                None => t == qube,
+            });
+            if !hit {
+                continue;
+            }
+            let meta = self.root.metadata(&m.src)?.ok_or_else(|| RepoError::Map {
+                file: MAP_FILE.into(),
+                message: format!("source `{}` does not exist", m.src),
+            })?;
+            match meta.kind {
+                FKind::File => out.push(self.item(m, m.src.clone(), m.dest.clone(), meta.mode)),
+                FKind::Dir => {
+                    let mut stack = vec![None::<RelPath>];
+                    while let Some(sub) = stack.pop() {
+                        let dir = match &sub {
+                            None => m.src.clone(),
+                            Some(s) => m.src.join(s)?,
+                        };
+                        for (name, kind) in self.root.read_dir(Some(&dir))? {
+                            let name_rel = RelPath::new(&name)?;
+                            let child = match &sub {
+                                None => name_rel,
+                                Some(s) => s.join(&name_rel)?,
+                            };
+                            match kind {
+                                FKind::Dir => stack.push(Some(child)),
+                                FKind::File => {
+                                    let src = m.src.join(&child)?;
+                                    let mode = self.root.metadata(&src)?.map_or(0o644, |x| x.mode);
+                                    out.push(self.item(m, src, m.dest.join(&child)?, mode));
+                                }
+                                _ => {
+                                    return Err(RepoError::Map {
+                                        file: MAP_FILE.into(),
+                                        message: format!(
+                                            "`{}/{}` is a symlink or special file; only regular files are synced",
+                                            dir,
+                                            name.escape_debug()
+                                        ),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    return Err(RepoError::Map {
+                        file: MAP_FILE.into(),
+                        message: format!("source `{}` is not a regular file or directory", m.src),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.tree, a.dest.as_str()).cmp(&(b.tree, b.dest.as_str())));
+        for w in out.windows(2) {
+            if let [a, b] = w {
+                if a.tree == b.tree && a.dest == b.dest {
+                    return Err(RepoError::Map {
+                        file: MAP_FILE.into(),
+                        message: format!("{} is mapped twice for qube `{qube}`", a.display()),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn item(&self, m: &Mapping, src: RelPath, dest: RelPath, disk_mode: u32) -> Item {
+        let mode = m
+            .mode
+            .unwrap_or(if disk_mode & 0o111 != 0 { 0o755 } else { 0o644 });
+        Item {
+            src,
+            tree: m.tree,
+            dest,
+            mode,
+            uid: m.uid,
+            gid: m.gid,
+            secret: m.secret,
+            persist: m.persist,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_resolves_names_tags_and_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("app/sub")).unwrap();
+        std::fs::write(d.path().join("gitconfig"), "[user]\n").unwrap();
+        std::fs::write(d.path().join("app/a.conf"), "a").unwrap();
+        std::fs::write(d.path().join("app/sub/b.conf"), "b").unwrap();
+        std::fs::write(
+            d.path().join(MAP_FILE),
+            "[[file]]\nsrc = \"gitconfig\"\ndest = \"~/.gitconfig\"\nto = [\"work\", \"@tag:dev\"]\n\n[[file]]\nsrc = \"app\"\ndest = \"/etc/app\"\nto = [\"@tag:dev\"]\npersist = true\nmode = \"0640\"\n",
+        )
+        .unwrap();
+        let r = Repo::load(d.path()).unwrap();
+        let w = r.items_for("work", &[]).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].display(), "~/.gitconfig");
+        let dev = r.items_for("other", &["dev".into()]).unwrap();
+        let names: Vec<_> = dev.iter().map(Item::display).collect();
+        assert_eq!(
+            names,
+            ["~/.gitconfig", "/etc/app/a.conf", "/etc/app/sub/b.conf"]
+        );
+        assert_eq!(dev[1].mode, 0o640);
+        assert!(r.items_for("nobody", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn map_errors_name_the_entry() {
+        let d = tempfile::tempdir().unwrap();
+        for (bad, want) in [
+            (
+                "[[file]]\nsrc = \"x\"\ndest = \"etc/x\"\nto = [\"a\"]\n",
+                "dest must start",
+            ),
+            (
+                "[[file]]\nsrc = \"x\"\ndest = \"~/x\"\nto = [\"a\"]\nmode = \"4755\"\n",
+                "setuid",
+            ),
+            (
+                "[[file]]\nsrc = \"x\"\ndest = \"~/x\"\nto = [\"a\"]\npersist = true\n",
+                "system paths only",
+            ),
+            (
+                "[[file]]\nsrc = \"../x\"\ndest = \"~/x\"\nto = [\"a\"]\n",
+                "dot component",
+            ),
+            (
+                "[[file]]\nsrc = \"x\"\ndest = \"~/x\"\nto = [\"a b\"]\n",
+                "invalid qube",
+            ),
+        ] {
+            std::fs::write(d.path().join(MAP_FILE), bad).unwrap();
+            let e = Repo::load(d.path()).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("#1"), "{e}");
+        }
+    }
+}

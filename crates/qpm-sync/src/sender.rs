@@ -1,0 +1,732 @@
+//! The sending side, in the config qube: manifests from the repository
+//! (with a stat cache so unchanged files are not re-hashed), the exchange
+//! with one target over any byte channel, persistence through the Admin
+//! API, and the sender's own record of what it pushed.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use qpm_fs::{DirPolicy, RelPath, Root};
+
+use crate::proto::{self, Code, Entry, Kind, Manifest, Outcome, Tree, flags, frame};
+use crate::repo::{Item, Repo};
+
+/// Sender errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Protocol violation by the target or broken stream.
+    #[error("qube `{qube}`: {source}")]
+    Proto {
+        /// Target.
+        qube: String,
+        /// Cause.
+        source: proto::ProtoError,
+    },
+    /// Local filesystem.
+    #[error(transparent)]
+    Fs(#[from] qpm_fs::Error),
+    /// Repository.
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+    /// Too much for the protocol's limits.
+    #[error("qube `{qube}`: {message}")]
+    Limit {
+        /// Target.
+        qube: String,
+        /// What.
+        message: String,
+    },
+    /// Admin API (persistence features).
+    #[error("qube `{qube}`: {message}")]
+    Admin {
+        /// Target.
+        qube: String,
+        /// What.
+        message: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, SendError>;
+
+/// What the sender needs from the Admin API. Implemented by the CLI on top
+/// of its Admin API client; tests use an in-memory one.
+pub trait AdminPort {
+    /// Tags of `qube`.
+    fn tags(&self, qube: &str) -> std::result::Result<Vec<String>, String>;
+    /// Value of feature `name` on `qube` (None: not set).
+    fn feature(&self, qube: &str, name: &str) -> std::result::Result<Option<String>, String>;
+    /// Sets feature `name` on `qube`.
+    fn set_feature(&self, qube: &str, name: &str, value: &str) -> std::result::Result<(), String>;
+}
+
+/// Number of `custom-persist.qpm-N` slots (fixed so dom0 can grant exactly
+/// these feature names).
+pub const PERSIST_SLOTS: usize = 32;
+
+/// How persisted system files reach the target's private volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PersistVia {
+    /// `service.custom-persist` is on: features `custom-persist.qpm-N`.
+    CustomPersist,
+    /// The agent's bind-dirs file in the qube.
+    BindDirs,
+}
+
+/// The `custom-persist.<KEY>` value for a file (qube-side spec §5).
+pub fn persist_value(item: &Item) -> String {
+    format!(
+        "file:{}:{}:{:o}:/{}",
+        item.uid,
+        item.gid,
+        item.mode,
+        item.dest.as_str()
+    )
+}
+
+/// Decides how to persist `items` in `qube` and, with custom-persist on,
+/// sets the slot features. Never turns `service.custom-persist` on.
+/// Returns the mode and human notes.
+pub fn ensure_persistence(
+    admin: &dyn AdminPort,
+    qube: &str,
+    items: &[Item],
+    dry_run: bool,
+) -> Result<(PersistVia, Vec<String>)> {
+    let wanted: Vec<&Item> = items.iter().filter(|i| i.persist).collect();
+    let err = |m: String| SendError::Admin {
+        qube: qube.into(),
+        message: m,
+    };
+    let on = match admin.feature(qube, "service.custom-persist") {
+        Ok(v) => v.is_some_and(|v| !v.is_empty() && v != "0"),
+        Err(e) if wanted.is_empty() => {
+            let _ = e;
+            false
+        }
+        Err(e) => return Err(err(format!("reading feature service.custom-persist: {e}"))),
+    };
+    if !on {
+        let mut notes = Vec::new();
+        if !wanted.is_empty() {
+            notes.push(format!(
+                "{qube}: custom-persist is off, so {} system file(s) persist through the agent's bind-dirs file (/rw/config/qubes-bind-dirs.d/50_qpm.conf); qpm does not turn custom-persist on, because that makes /home and /usr/local non-persistent unless listed",
+                wanted.len()
+            ));
+        }
+        return Ok((PersistVia::BindDirs, notes));
+    }
+    let mut slots: Vec<Option<String>> = Vec::with_capacity(PERSIST_SLOTS);
+    for n in 0..PERSIST_SLOTS {
+        slots.push(
+            admin
+                .feature(qube, &format!("custom-persist.qpm-{n}"))
+                .map_err(|e| err(format!("reading custom-persist.qpm-{n}: {e}")))?,
+        );
+    }
+    let mut notes = Vec::new();
+    for it in wanted {
+        let v = persist_value(it);
+        let path_of = |s: &str| {
+            s.rsplit_once(":/")
+                .map(|(_, p)| format!("/{p}"))
+                .unwrap_or_else(|| s.to_owned())
+        };
+        let target = format!("/{}", it.dest.as_str());
+        if let Some(n) = slots
+            .iter()
+            .position(|s| s.as_deref().is_some_and(|s| path_of(s) == target))
+        {
+            if slots.get(n).and_then(|s| s.as_deref()) == Some(v.as_str()) {
+                continue;
+            }
+            if !dry_run {
+                admin
+                    .set_feature(qube, &format!("custom-persist.qpm-{n}"), &v)
+                    .map_err(err)?;
+            }
+            notes.push(format!("{qube}: custom-persist.qpm-{n} = {v} (updated)"));
+            if let Some(s) = slots.get_mut(n) {
+                *s = Some(v);
+            }
+            continue;
+        }
+        let Some(n) = slots.iter().position(Option::is_none) else {
+            return Err(err(format!(
+                "all {PERSIST_SLOTS} custom-persist.qpm-N slots are used"
+            )));
+        };
+        if !dry_run {
+            admin
+                .set_feature(qube, &format!("custom-persist.qpm-{n}"), &v)
+                .map_err(err)?;
+        }
+        notes.push(format!(
+            "{qube}: custom-persist.qpm-{n} = {v} (new; takes effect at the next restart)"
+        ));
+        if let Some(s) = slots.get_mut(n) {
+            *s = Some(v);
+        }
+    }
+    Ok((PersistVia::CustomPersist, notes))
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    hash: String,
+}
+
+/// Stat cache of repository file hashes (in the sender's state directory).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HashCache {
+    files: BTreeMap<String, CacheEntry>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl HashCache {
+    /// Loads the cache (empty if missing or unreadable).
+    pub fn load(state: &Root) -> Self {
+        RelPath::new("hash-cache.json")
+            .ok()
+            .and_then(|p| state.read_limited(&p, 64 * 1024 * 1024).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the cache if it changed.
+    pub fn save(&self, state: &Root) -> Result<()> {
+        if self.dirty {
+            let b = serde_json::to_vec(self).unwrap_or_default();
+            state.write_atomic(&RelPath::new("hash-cache.json")?, &b, 0o600)?;
+        }
+        Ok(())
+    }
+
+    /// Size and BLAKE3 of a repository file, from the cache when its stat
+    /// matches.
+    pub fn hash(&mut self, repo: &Root, src: &RelPath) -> Result<(u64, [u8; 32])> {
+        let m = repo
+            .metadata(src)?
+            .ok_or_else(|| qpm_fs::Error::WrongType {
+                expected: "regular file",
+                path: src.to_string(),
+            })?;
+        if let Some(c) = self.files.get(src.as_str()) {
+            if c.size == m.size
+                && c.mtime_ns == m.mtime_ns
+                && c.ctime_ns == m.ctime_ns
+                && c.ino == m.ino
+            {
+                let mut h = [0u8; 32];
+                if hex::decode_to_slice(&c.hash, &mut h).is_ok() {
+                    return Ok((m.size, h));
+                }
+            }
+        }
+        let data = repo.read_limited(src, proto::MAX_FILE_SIZE)?;
+        let h = *blake3::hash(&data).as_bytes();
+        self.files.insert(
+            src.as_str().to_owned(),
+            CacheEntry {
+                size: data.len() as u64,
+                mtime_ns: m.mtime_ns,
+                ctime_ns: m.ctime_ns,
+                ino: m.ino,
+                hash: hex::encode(h),
+            },
+        );
+        self.dirty = true;
+        Ok((data.len() as u64, h))
+    }
+}
+
+/// Builds the manifest for `items` (sources returned in entry order).
+pub fn manifest(
+    repo: &Repo,
+    cache: &mut HashCache,
+    source: &str,
+    items: &[Item],
+    via: PersistVia,
+) -> Result<Manifest> {
+    let mut entries = Vec::with_capacity(items.len());
+    for it in items {
+        let (size, hash) = cache.hash(repo.root(), &it.src)?;
+        let mut f = 0u8;
+        if it.secret {
+            f |= flags::SECRET;
+        }
+        if it.persist && it.tree == Tree::System {
+            f |= match via {
+                PersistVia::CustomPersist => flags::PERSIST_CUSTOM,
+                PersistVia::BindDirs => flags::PERSIST_BIND_DIRS,
+            };
+        }
+        entries.push(Entry {
+            tree: it.tree,
+            flags: f,
+            mode: it.mode,
+            uid: it.uid,
+            gid: it.gid,
+            size,
+            hash,
+            path: it.dest.clone(),
+        });
+    }
+    Ok(Manifest {
+        kind: Kind::Sync,
+        source: source.to_owned(),
+        entries,
+    })
+}
+
+/// Runs one sync exchange: manifest, need list, data, result. `w` is
+/// dropped (closing the stream) after the last frame.
+pub fn push<W: Write>(
+    qube: &str,
+    repo: &Repo,
+    m: &Manifest,
+    items: &[Item],
+    mut w: W,
+    r: &mut dyn Read,
+) -> Result<Outcome> {
+    let perr = |e: proto::ProtoError| SendError::Proto {
+        qube: qube.into(),
+        source: e,
+    };
+    let enc = m.encode();
+    if enc.len() > proto::MAX_MANIFEST_BYTES as usize || m.entries.len() > proto::MAX_FILES as usize
+    {
+        return Err(SendError::Limit {
+            qube: qube.into(),
+            message: "manifest over the protocol limits".into(),
+        });
+    }
+    proto::write_frame(&mut w, frame::MANIFEST, &enc).map_err(perr)?;
+    w.flush().map_err(|e| perr(e.into()))?;
+    let (t, len) = proto::read_header(r)
+        .map_err(perr)?
+        .ok_or_else(|| perr(proto::ProtoError::Truncated { what: "reply" }))?;
+    match t {
+        frame::RESULT => {
+            drop(w);
+            let b = proto::read_payload(r, len, "result", proto::MAX_REPLY_BYTES).map_err(perr)?;
+            return Outcome::decode(&b).map_err(perr);
+        }
+        frame::NEED => {}
+        other => {
+            return Err(perr(proto::ProtoError::UnexpectedFrame {
+                expected: "need list or result",
+                got: other,
+            }));
+        }
+    }
+    let b = proto::read_payload(r, len, "need list", proto::MAX_REPLY_BYTES).map_err(perr)?;
+    let need = proto::decode_need(&b, m.entries.len() as u32).map_err(perr)?;
+    let mut buf = Vec::new();
+    for i in need {
+        let (Some(e), Some(it)) = (m.entries.get(i as usize), items.get(i as usize)) else {
+            continue;
+        };
+        let mut f = repo.root().open_read(&it.src)?;
+        buf.clear();
+        buf.extend_from_slice(&i.to_be_bytes());
+        (&mut f)
+            .take(e.size.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|x| perr(x.into()))?;
+        if buf.len() as u64 != e.size.saturating_add(4)
+            || blake3::hash(buf.get(4..).unwrap_or(&[])).as_bytes() != &e.hash
+        {
+            return Err(SendError::Limit {
+                qube: qube.into(),
+                message: format!("{} changed while pushing; run the push again", it.src),
+            });
+        }
+        proto::write_frame(&mut w, frame::DATA, &buf).map_err(perr)?;
+    }
+    proto::write_frame(&mut w, frame::END, &[]).map_err(perr)?;
+    w.flush().map_err(|e| perr(e.into()))?;
+    drop(w);
+    let b = proto::read_frame(r, frame::RESULT, "result", proto::MAX_REPLY_BYTES).map_err(perr)?;
+    Outcome::decode(&b).map_err(perr)
+}
+
+/// Asks a target for its status.
+pub fn status<W: Write>(
+    qube: &str,
+    source: &str,
+    mut w: W,
+    r: &mut dyn Read,
+) -> Result<proto::Status> {
+    let perr = |e: proto::ProtoError| SendError::Proto {
+        qube: qube.into(),
+        source: e,
+    };
+    let m = Manifest {
+        kind: Kind::Status,
+        source: source.to_owned(),
+        entries: vec![],
+    };
+    proto::write_frame(&mut w, frame::MANIFEST, &m.encode()).map_err(perr)?;
+    drop(w);
+    let b = proto::read_frame(r, frame::STATUS, "status", proto::MAX_REPLY_BYTES).map_err(perr)?;
+    proto::Status::decode(&b).map_err(perr)
+}
+
+/// Fetches one file from a target (`qpm sync capture`).
+pub fn capture<W: Write>(
+    qube: &str,
+    source: &str,
+    tree: Tree,
+    path: &RelPath,
+    mut w: W,
+    r: &mut dyn Read,
+) -> Result<Vec<u8>> {
+    let perr = |e: proto::ProtoError| SendError::Proto {
+        qube: qube.into(),
+        source: e,
+    };
+    let m = Manifest {
+        kind: Kind::Capture,
+        source: source.to_owned(),
+        entries: vec![Entry {
+            tree,
+            flags: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            hash: [0; 32],
+            path: path.clone(),
+        }],
+    };
+    proto::write_frame(&mut w, frame::MANIFEST, &m.encode()).map_err(perr)?;
+    drop(w);
+    let (t, len) = proto::read_header(r)
+        .map_err(perr)?
+        .ok_or_else(|| perr(proto::ProtoError::Truncated { what: "reply" }))?;
+    if t == frame::RESULT {
+        return Err(SendError::Limit {
+            qube: qube.into(),
+            message: "the qube refused the capture (see its agent log)".into(),
+        });
+    }
+    if t != frame::DATA {
+        return Err(perr(proto::ProtoError::UnexpectedFrame {
+            expected: "data",
+            got: t,
+        }));
+    }
+    let limit = u32::try_from(proto::MAX_FILE_SIZE.saturating_add(4)).unwrap_or(u32::MAX);
+    let b = proto::read_payload(r, len, "data", limit).map_err(perr)?;
+    Ok(b.get(4..).unwrap_or(&[]).to_vec())
+}
+
+/// The sender's record of what it pushed to each qube (for `plan`, `log`).
+#[derive(Debug)]
+pub struct SenderState {
+    root: Root,
+}
+
+/// One line of the push log.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LogEntry {
+    /// Unix time.
+    pub time: u64,
+    /// Target.
+    pub qube: String,
+    /// Result code.
+    pub code: String,
+    /// Files written.
+    pub written: u32,
+    /// Files deleted.
+    pub deleted: u32,
+    /// Conflicts reported.
+    pub conflicts: u32,
+    /// Message from the target (printable ASCII only).
+    pub message: String,
+}
+
+/// A planned change, computed locally against what was last pushed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Planned {
+    /// `new`, `modified`, `deleted`, `mode`.
+    pub change: &'static str,
+    /// `~/x` or `/x` (escaped).
+    pub path: String,
+    /// Unified diff against the last pushed content (secret files: summary).
+    pub diff: String,
+}
+
+fn qube_ok(q: &str) -> bool {
+    !q.is_empty()
+        && q.len() <= 31
+        && q.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !q.starts_with('.')
+}
+
+impl SenderState {
+    /// Opens (creating) the sender state directory.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            root: Root::create_ambient(path, 0o700)?,
+        })
+    }
+
+    /// The state root.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    fn pushed_dir(qube: &str) -> Result<RelPath> {
+        if !qube_ok(qube) {
+            return Err(SendError::Limit {
+                qube: qube.escape_debug().to_string(),
+                message: "invalid qube name".into(),
+            });
+        }
+        Ok(RelPath::new(&format!("pushed/{qube}"))?)
+    }
+
+    fn content_path(qube: &str, tree: Tree, dest: &RelPath) -> Result<RelPath> {
+        let t = match tree {
+            Tree::Home => "home",
+            Tree::System => "system",
+        };
+        Ok(RelPath::new(&format!(
+            "pushed/{qube}/{t}/{}",
+            dest.as_str()
+        ))?)
+    }
+
+    /// What a push would change in `qube`, against what was last pushed.
+    pub fn plan(&self, repo: &Repo, qube: &str, items: &[Item]) -> Result<Vec<Planned>> {
+        let mut out = Vec::new();
+        let mut listed = std::collections::BTreeSet::new();
+        for it in items {
+            let p = Self::content_path(qube, it.tree, &it.dest)?;
+            listed.insert(p.as_str().to_owned());
+            let new = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
+            let old = match self.root.metadata(&p)? {
+                Some(_) => Some(self.root.read_limited(&p, proto::MAX_FILE_SIZE)?),
+                None => None,
+            };
+            let mode_changed = self
+                .root
+                .metadata(&p)?
+                .is_some_and(|m| m.mode != u32::from(it.mode));
+            let change = match &old {
+                None => "new",
+                Some(o) if *o != new => "modified",
+                Some(_) if mode_changed => "mode",
+                Some(_) => continue,
+            };
+            out.push(Planned {
+                change,
+                path: crate::diff::escape_line(&it.display()),
+                diff: crate::diff::unified(&it.display(), old.as_deref(), Some(&new), it.secret),
+            });
+        }
+        let dir = Self::pushed_dir(qube)?;
+        if self.root.metadata(&dir)?.is_some() {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for (name, kind) in self.root.read_dir(Some(&d))? {
+                    let c = d.join(&RelPath::new(&name)?)?;
+                    match kind {
+                        qpm_fs::Kind::Dir => stack.push(c),
+                        _ if !listed.contains(c.as_str())
+                            && !name.starts_with(qpm_fs::TEMP_PREFIX) =>
+                        {
+                            let rest = c
+                                .as_str()
+                                .split_once('/')
+                                .and_then(|(_, r)| r.split_once('/'))
+                                .map(|(_, r)| r)
+                                .unwrap_or("");
+                            let shown = match rest.split_once('/') {
+                                Some(("home", p)) => format!("~/{p}"),
+                                Some((_, p)) => format!("/{p}"),
+                                None => rest.to_owned(),
+                            };
+                            out.push(Planned { change: "deleted", path: crate::diff::escape_line(&shown), diff: format!("{} removed from the repository (deleted in the qube only if unchanged there)\n", crate::diff::escape_line(&shown)) });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a successful push (content copies for the next plan). Only
+    /// files whose recorded copy differs are rewritten; copies of files no
+    /// longer pushed are removed.
+    pub fn record_push(&self, repo: &Repo, qube: &str, items: &[Item]) -> Result<()> {
+        let dir = Self::pushed_dir(qube)?;
+        let mut keep = std::collections::BTreeSet::new();
+        for it in items {
+            let p = Self::content_path(qube, it.tree, &it.dest)?;
+            keep.insert(p.as_str().to_owned());
+            let data = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
+            if let Some(m) = self.root.metadata(&p)? {
+                if m.size == data.len() as u64
+                    && m.mode == u32::from(it.mode)
+                    && self.root.read_limited(&p, proto::MAX_FILE_SIZE)? == data
+                {
+                    continue;
+                }
+            }
+            if let Some(parent) = p.parent() {
+                self.root
+                    .create_dirs(&parent, 0o700, &DirPolicy::default())?;
+            }
+            let mut t = self
+                .root
+                .create_temp(p.parent().as_ref(), u32::from(it.mode))?;
+            t.write_all(&data)?;
+            let tmp = t.finish();
+            self.root.rename(&tmp, &self.root, &p)?;
+        }
+        if self.root.metadata(&dir)?.is_some() {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for (name, kind) in self.root.read_dir(Some(&d))? {
+                    let c = d.join(&RelPath::new(&name)?)?;
+                    match kind {
+                        qpm_fs::Kind::Dir => stack.push(c),
+                        _ if !keep.contains(c.as_str()) => {
+                            self.root.remove_file(&c)?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends to the push log (not synced: a log, not state).
+    pub fn log(&self, e: &LogEntry) -> Result<()> {
+        let p = RelPath::new("push-log.jsonl")?;
+        if let Ok(mut line) = serde_json::to_string(e) {
+            line.push('\n');
+            self.root.append(&p, line.as_bytes(), 0o600)?;
+        }
+        Ok(())
+    }
+
+    /// The push log, oldest first.
+    pub fn read_log(&self) -> Vec<LogEntry> {
+        let b = RelPath::new("push-log.jsonl")
+            .ok()
+            .and_then(|p| self.root.read_limited(&p, 16 * 1024 * 1024).ok())
+            .unwrap_or_default();
+        b.split(|&c| c == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect()
+    }
+}
+
+/// Default sender state directory: `$XDG_STATE_HOME/qpm/sync` or
+/// `~/.local/state/qpm/sync`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Path::new(&x).join("qpm/sync");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".local/state/qpm/sync")
+}
+
+/// Whether an outcome counts as success for the sender's exit status.
+pub fn is_success(o: &Outcome) -> bool {
+    matches!(o.code, Code::Applied | Code::Unchanged | Code::Queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct FakeAdmin {
+        features: RefCell<HashMap<(String, String), String>>,
+    }
+
+    impl AdminPort for FakeAdmin {
+        fn tags(&self, _: &str) -> std::result::Result<Vec<String>, String> {
+            Ok(vec![])
+        }
+        fn feature(&self, q: &str, n: &str) -> std::result::Result<Option<String>, String> {
+            Ok(self.features.borrow().get(&(q.into(), n.into())).cloned())
+        }
+        fn set_feature(&self, q: &str, n: &str, v: &str) -> std::result::Result<(), String> {
+            self.features
+                .borrow_mut()
+                .insert((q.into(), n.into()), v.into());
+            Ok(())
+        }
+    }
+
+    fn item(p: &str) -> Item {
+        Item {
+            src: RelPath::new("x").unwrap(),
+            tree: Tree::System,
+            dest: RelPath::new(p).unwrap(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            secret: false,
+            persist: true,
+        }
+    }
+
+    #[test]
+    fn persistence_never_enables_custom_persist() {
+        let a = FakeAdmin::default();
+        let (via, notes) = ensure_persistence(&a, "work", &[item("etc/app.conf")], false).unwrap();
+        assert_eq!(via, PersistVia::BindDirs);
+        assert!(notes[0].contains("does not turn custom-persist on"));
+        assert!(a.features.borrow().is_empty());
+    }
+
+    #[test]
+    fn persistence_uses_fixed_slots() {
+        let a = FakeAdmin::default();
+        a.set_feature("work", "service.custom-persist", "1")
+            .unwrap();
+        a.set_feature("work", "custom-persist.qpm-0", "file:0:0:644:/etc/other")
+            .unwrap();
+        let (via, _) = ensure_persistence(&a, "work", &[item("etc/app.conf")], false).unwrap();
+        assert_eq!(via, PersistVia::CustomPersist);
+        assert_eq!(
+            a.feature("work", "custom-persist.qpm-1")
+                .unwrap()
+                .as_deref(),
+            Some("file:0:0:644:/etc/app.conf")
+        );
+        // Idempotent: same slot reused.
+        let (_, notes) = ensure_persistence(&a, "work", &[item("etc/app.conf")], false).unwrap();
+        assert!(notes.is_empty());
+        assert_eq!(a.feature("work", "custom-persist.qpm-2").unwrap(), None);
+        // Full.
+        for n in 0..PERSIST_SLOTS {
+            a.set_feature(
+                "work",
+                &format!("custom-persist.qpm-{n}"),
+                &format!("/x{n}"),
+            )
+            .unwrap();
+        }
+        assert!(ensure_persistence(&a, "work", &[item("etc/new.conf")], false).is_err());
+    }
+}
