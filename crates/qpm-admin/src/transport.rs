@@ -448,6 +448,21 @@ impl Simulator {
     pub fn caller(&self) -> &str {
         &self.caller
     }
+
+    /// Sends a control command to the simulator (`ping`, `status`,
+    /// `shutdown`); its one-line answer.
+    pub fn control(socket: &Path, cmd: &str) -> io::Result<String> {
+        let req = RouterRequest::Control(cmd.to_string())
+            .encode()
+            .map_err(io::Error::other)?;
+        let sock = UnixStream::connect(socket)?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        send_with_fds(&sock, &req, &[])?;
+        sock.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = String::new();
+        (&sock).take(1 << 20).read_to_string(&mut answer)?;
+        Ok(answer)
+    }
 }
 
 /// Sends `len (u32 LE) + body` with `fds` attached (the router's framing).
@@ -458,7 +473,7 @@ fn send_with_fds(sock: &UnixStream, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::
     msg.extend_from_slice(body);
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("too many file descriptors"));
     }
     let mut sent = sendmsg(
