@@ -58,6 +58,7 @@ fn bind(path: &Path) -> Result<UnixListener> {
 pub fn serve(dir: &StateDir, opts: &ServeOptions, engine: Arc<dyn PolicyEngine>) -> Result<()> {
     let sys = dir.open_or_init()?;
     let _lock = take_lock(dir)?;
+    dir.clean_temporaries();
     let config = dir.config()?;
     let files = QubeFiles::new(dir.qubes_dir());
     files

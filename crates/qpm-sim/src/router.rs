@@ -229,7 +229,10 @@ impl Router {
         }
         let argument = format!("+{arg}");
         let decision = if source_is_dom0 {
+            // dom0 calls skip policy; its Admin API calls go to qubesd
+            // whatever qube they are about
             let t = match target {
+                _ if service.starts_with("admin.") => "dom0".to_string(),
                 "@adminvm" | "dom0" => "dom0".to_string(),
                 t => t.to_string(),
             };

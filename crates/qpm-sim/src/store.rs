@@ -190,6 +190,19 @@ impl StateDir {
         self.load()
     }
 
+    /// Removes temporary files of writes interrupted by a crash.
+    pub fn clean_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(".state.json.tmp.") || n.starts_with(".config.json.tmp.") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Loads `state.json`.
     pub fn load(&self) -> anyhow::Result<System> {
         let path = self.state_file();
