@@ -189,6 +189,7 @@ pub fn run_service(
 #[derive(Debug, Clone)]
 pub struct QrexecClientVm {
     program: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl QrexecClientVm {
@@ -196,11 +197,21 @@ impl QrexecClientVm {
     pub fn new(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
+            env: Vec::new(),
         }
+    }
+
+    /// Adds an environment variable for the client processes (e.g. the
+    /// simulator's `QPM_SIM_QUBE`).
+    #[must_use]
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     fn spawn(&self, dest: &str, service: &str) -> Result<Child, TransportError> {
         Command::new(&self.program)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--")
             .arg(dest)
             .arg(service)
