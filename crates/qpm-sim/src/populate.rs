@@ -5,8 +5,11 @@ use crate::api::{AllowAll, Call, Context, NoHost, handle};
 use crate::model::System;
 
 /// Adds `n` AppVMs named `bench-<i>` (labels and templates rotating over the
-/// existing ones); returns the system.
+/// existing ones); returns the system. Raises the qid limit when `n` needs
+/// more qubes than Qubes allows (254).
 pub fn with_appvms(mut sys: System, n: usize) -> System {
+    let needed = u32::try_from(sys.qubes.len() + n + 1).unwrap_or(u32::MAX);
+    sys.max_qid = sys.max_qid.max(needed);
     let templates: Vec<String> = sys
         .qubes
         .iter()

@@ -283,7 +283,7 @@ pub(crate) fn set_qube_prop(
         }
         ("qid", Val::Int(s)) => {
             let n = pyval::int_value(s);
-            if !(0..=254).contains(&n) {
+            if !(0..=i128::from(sys.max_qid)).contains(&n) {
                 return Err(ApiError::abort("ValueError: qid out of range"));
             }
             value

@@ -215,12 +215,20 @@ pub struct System {
     /// Next Xen domain id.
     #[serde(default)]
     pub next_xid: i64,
+    /// Highest qid (qubesd's `max_qid`, 254: at most 254 qubes besides
+    /// dom0). Scale tests raise it; real Qubes cannot.
+    #[serde(default = "default_max_qid")]
+    pub max_qid: u32,
     #[serde(skip)]
     index: HashMap<String, usize>,
     #[serde(skip)]
     schemas: HashMap<VmClass, Arc<Vec<PropDef>>>,
     #[serde(skip)]
     global_schema: Arc<Vec<PropDef>>,
+}
+
+fn default_max_qid() -> u32 {
+    254
 }
 
 /// Bound on template/netvm chain walks (a corrupted state must not loop).
@@ -244,6 +252,7 @@ impl System {
             qubes: Vec::new(),
             host: Host::default(),
             next_xid: 1,
+            max_qid: default_max_qid(),
             index: HashMap::new(),
             schemas: HashMap::new(),
             global_schema: Arc::new(Vec::new()),
@@ -929,10 +938,10 @@ impl System {
         v
     }
 
-    /// Lowest unused qid from 1.
+    /// Lowest unused qid from 1 (below `max_qid`, as qubesd).
     pub fn new_qid(&self) -> Option<u32> {
         let used: BTreeSet<u32> = self.qubes.iter().map(|q| q.qid).collect();
-        (1..255).find(|i| !used.contains(i))
+        (1..self.max_qid).find(|i| !used.contains(i))
     }
 }
 
