@@ -104,10 +104,16 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
     }
     let cli = Cli::parse();
+    // a replay expects aborted calls: do not log them as warnings
+    let default = if matches!(cli.command, Command::Conformance { .. }) {
+        "error"
+    } else {
+        "warn"
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QPM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .try_init();

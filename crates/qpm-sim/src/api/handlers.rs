@@ -770,10 +770,10 @@ fn prop_get(ctx: &Context<'_>, target: Option<usize>, prop: &str) -> Out {
 }
 
 fn prop_get_all(ctx: &Context<'_>, target: Option<usize>) -> Out {
-    let mut all: Vec<schema::PropDef> = defs(ctx, target).iter().cloned().collect();
-    all.sort_by(|a, b| a.name.cmp(&b.name));
+    // qubesd sorts the property objects, i.e. by (load stage, name): the
+    // same order as List
     let mut out = String::new();
-    for d in &all {
+    for d in defs(ctx, target).iter() {
         let s = serialize(ctx, target, d)?;
         let _ = writeln!(out, "{} {}", d.name, qpm_wire::getall::escape(&s));
     }
