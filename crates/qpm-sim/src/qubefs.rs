@@ -176,6 +176,25 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
+/// No file anywhere below `dir` (only directories, at most 4 levels deep
+/// looked at): a private volume never booted.
+fn holds_no_files(dir: &Path, depth: u32) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return true;
+    };
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                if depth == 0 || !holds_no_files(&e.path(), depth - 1) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A persistent path of one boot: in-root location and rw location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Bind {
@@ -200,6 +219,10 @@ pub(crate) fn make_skeleton(root: &Path) -> io::Result<()> {
     let skel = root.join("etc/skel/.bashrc");
     if !exists(&skel) {
         fs::write(&skel, "# .bashrc\n")?;
+    }
+    let home_rc = root.join("home/user/.bashrc");
+    if !exists(&home_rc) {
+        fs::copy(&skel, &home_rc)?;
     }
     let os = root.join("etc/os-release");
     if !exists(&os) {
@@ -378,10 +401,7 @@ impl QubeFiles {
         let (home, usrlocal, binds) = self.persistent_binds(sys, qi, &root);
         if home {
             let rw_home = rw.join("home");
-            let empty = fs::read_dir(&rw_home)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(true);
-            if empty && exists(&root.join("home")) {
+            if holds_no_files(&rw_home, 4) && exists(&root.join("home")) {
                 replace_with_copy(&root.join("home"), &rw_home)?;
             }
             replace_with_copy(&rw_home, &root.join("home"))?;
@@ -396,10 +416,7 @@ impl QubeFiles {
         }
         if usrlocal {
             let rw_ul = rw.join("usrlocal");
-            let empty = fs::read_dir(&rw_ul)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(true);
-            if empty && exists(&root.join("usr/local")) {
+            if holds_no_files(&rw_ul, 4) && exists(&root.join("usr/local")) {
                 replace_with_copy(&root.join("usr/local"), &rw_ul)?;
             }
             replace_with_copy(&rw_ul, &root.join("usr/local"))?;

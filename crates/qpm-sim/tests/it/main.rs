@@ -3,6 +3,7 @@
 mod badinput;
 mod compat;
 mod crash;
+mod restart;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
