@@ -103,6 +103,9 @@ impl Sim {
         if self.uuid_control {
             shared.next_uuid = None;
         }
+        if handled.mutated {
+            shared.sys.generation = shared.sys.generation.wrapping_add(1);
+        }
         if handled.mutated
             && let Some(p) = shared.persist.as_mut()
             && let Err(e) = p.save(&shared.sys)
@@ -122,6 +125,7 @@ impl Sim {
         let out = f(&mut guard, &mut events);
         if !events.is_empty() {
             let shared = &mut *guard;
+            shared.sys.generation = shared.sys.generation.wrapping_add(1);
             if let Some(p) = shared.persist.as_mut()
                 && let Err(e) = p.save(&shared.sys)
             {

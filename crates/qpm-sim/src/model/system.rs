@@ -219,6 +219,9 @@ pub struct System {
     /// dom0). Scale tests raise it; real Qubes cannot.
     #[serde(default = "default_max_qid")]
     pub max_qid: u32,
+    /// Bumped whenever the state changes (for caches derived from it).
+    #[serde(skip)]
+    pub generation: u64,
     #[serde(skip)]
     index: HashMap<String, usize>,
     #[serde(skip)]
@@ -253,6 +256,7 @@ impl System {
             host: Host::default(),
             next_xid: 1,
             max_qid: default_max_qid(),
+            generation: 0,
             index: HashMap::new(),
             schemas: HashMap::new(),
             global_schema: Arc::new(Vec::new()),
