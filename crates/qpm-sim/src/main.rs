@@ -71,7 +71,8 @@ enum Command {
     },
     /// Install an executable as a qrexec service of a qube (into its root's
     /// `/etc/qubes-rpc`, or with `--local` into `/usr/local/etc/qubes-rpc`,
-    /// which persists in template-based qubes).
+    /// which persists in template-based qubes); for `dom0`, into
+    /// `<state>/dom0/rpc`.
     InstallService {
         /// The qube (a template to give it to every qube based on it).
         qube: String,
@@ -201,11 +202,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(qi) = sys.find(&qube) else {
                 bail!("no such qube: {qube:?}")
             };
-            if !sys.qube(qi).class.is_qubesvm() {
-                bail!("{qube:?} has no qrexec services");
-            }
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
                 bail!("invalid service name: {name:?}");
+            }
+            if sys.qube(qi).class == qpm_sim::model::VmClass::AdminVM {
+                // dom0 services are executables in <state>/dom0/rpc
+                let dst = dir.dom0_rpc_dir().join(&name);
+                std::fs::create_dir_all(dir.dom0_rpc_dir())?;
+                std::fs::copy(&executable, &dst).with_context(|| {
+                    format!("copying {} to {}", executable.display(), dst.display())
+                })?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
+                println!("{}", dst.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !sys.qube(qi).class.is_qubesvm() {
+                bail!("{qube:?} has no qrexec services");
             }
             let files = qpm_sim::qubefs::QubeFiles::new(dir.qubes_dir());
             let base = if local {
