@@ -292,7 +292,7 @@ impl Router {
                     return EXIT_REFUSED;
                 }
             };
-            let code = self.qube_call(source, &name, service, arg, true, stdin, stdout, err);
+            let code = self.qube_call(source, &name, service, arg, true, stdin, stdout, err, conn);
             let _ = self
                 .sim
                 .with_context(|ctx, ev| api::stop_qube(ctx, &name, ev));
@@ -307,6 +307,7 @@ impl Router {
             stdin,
             stdout,
             err,
+            conn,
         )
     }
 
@@ -372,7 +373,7 @@ impl Router {
             .find(|p| p.exists());
         if let Some(exe) = exe {
             let env = self.service_env(source, "dom0", service, arg, Some(requested));
-            return spawn(&exe, arg, &env, &rpc, stdin, out, err);
+            return spawn(&exe, arg, &env, &rpc, stdin, out, err, Some(conn));
         }
         if dom0svc::SERVICES.contains(&service) {
             let mut input = File::from(stdin);
@@ -504,6 +505,7 @@ impl Router {
         stdin: OwnedFd,
         stdout: OwnedFd,
         mut err: File,
+        conn: &UnixStream,
     ) -> i32 {
         let resolved = {
             let guard = self.sim.lock();
@@ -548,7 +550,50 @@ impl Router {
         let home = root.join("home/user");
         env.push(("HOME".into(), home.display().to_string()));
         let cwd = if home.is_dir() { home } else { root };
-        spawn(&exe, arg, &env, &cwd, stdin, File::from(stdout), err)
+        spawn(
+            &exe,
+            arg,
+            &env,
+            &cwd,
+            stdin,
+            File::from(stdout),
+            err,
+            Some(conn),
+        )
+    }
+}
+
+/// Waits until `child` exits or the caller's connection closes; in the
+/// latter case kills the service (the caller is gone, as when qrexec's
+/// client side disconnects).
+fn kill_when_caller_leaves(child: &std::process::Child, conn: &UnixStream) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let Some(pid) = i32::try_from(child.id()).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    // the child is not reaped yet: its pid cannot be reused
+    let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
+        return;
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(&pidfd, PollFlags::IN),
+            PollFd::new(conn, PollFlags::empty()),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        if !fds[0].revents().is_empty() {
+            return;
+        }
+        let gone = fds[1].revents();
+        if gone.contains(PollFlags::HUP) || gone.contains(PollFlags::ERR) {
+            let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+            return;
+        }
     }
 }
 
@@ -588,6 +633,7 @@ fn read_bounded(fd: OwnedFd, limit: usize, timeout: Duration) -> Option<Vec<u8>>
 
 /// Runs a service executable with the caller's streams; its exit status
 /// (128+signal when killed).
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     exe: &Path,
     arg: &str,
@@ -596,6 +642,7 @@ fn spawn(
     stdin: OwnedFd,
     stdout: File,
     mut err: File,
+    conn: Option<&UnixStream>,
 ) -> i32 {
     let mut cmd = Command::new(exe);
     if !arg.is_empty() {
@@ -636,6 +683,9 @@ fn spawn(
         }
     };
     drop(cmd);
+    if let Some(conn) = conn {
+        kill_when_caller_leaves(&child, conn);
+    }
     match child.wait() {
         Ok(status) => status
             .code()

@@ -4,6 +4,7 @@ mod badinput;
 mod compat;
 mod crash;
 mod restart;
+mod router;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
