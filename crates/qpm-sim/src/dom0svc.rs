@@ -28,6 +28,9 @@ pub const SERVICES: &[&str] = &[
     "policy.GetFiles",
 ];
 
+/// Class of an unexpected failure (exit 2, as `qubes-policy-admin` does).
+const INTERNAL: &str = "";
+
 #[derive(Debug)]
 struct Failure {
     class: &'static str,
@@ -87,6 +90,11 @@ pub fn run(
             }
             0
         }
+        Err(f) if f.class == INTERNAL => {
+            tracing::error!("{service}+{arg}: {}", f.message);
+            let _ = write!(stderr, "Internal error, see the simulator's log");
+            2
+        }
         Err(f) => {
             let _ = write!(stderr, "{} {}", f.class, f.message);
             1
@@ -119,7 +127,7 @@ fn handle(
     let op = service.rsplit('.').next().unwrap_or_default();
     let want_arg = !matches!(op, "List");
     let want_payload = matches!(op, "Replace" | "Remove");
-    if want_arg && arg.is_empty() {
+    if want_arg && arg.is_empty() && service != "policy.GetFiles" {
         return Err(protocol("Missing argument"));
     }
     if !want_arg && !arg.is_empty() {
@@ -287,31 +295,45 @@ fn list(dir: &Path, include: bool) -> Result<Vec<u8>, Failure> {
 
 /// Files (stems) with rules for `service` or `*`: a line-level scan of the
 /// policy files (first token of each rule line).
+/// `policy.GetFiles+SERVICE`: the files (stems for files inside the
+/// directory, absolute paths for files outside it) that hold a rule for
+/// SERVICE or `*`, in load order, includes followed.
 fn get_files(dir: &Path, service: &str) -> Result<Vec<u8>, Failure> {
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| fail("PolicyAdminException", e.to_string()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "policy"))
-        .collect();
-    entries.sort();
-    for p in entries {
-        let Ok(text) = fs::read_to_string(&p) else {
+    if service.is_empty() {
+        return Err(fail("PolicyAdminException", "Service cannot be empty."));
+    }
+    if service.contains('+') {
+        return Err(fail(
+            "PolicyAdminException",
+            format!("Service {service:?} contains invalid characters: '+'"),
+        ));
+    }
+    let policy = qpm_policy::Policy::load_dir(dir).map_err(|e| Failure {
+        class: INTERNAL,
+        message: e.to_string(),
+    })?;
+    let mut files: Vec<String> = Vec::new();
+    for (r, rule) in policy.rules() {
+        if rule.service.as_ref().is_some_and(|s| s.as_str() != service) {
             continue;
+        }
+        let name = if r.file.starts_with('/') {
+            r.file.to_string()
+        } else {
+            let base = r.file.rsplit('/').next().unwrap_or_default();
+            match base.rfind('.') {
+                Some(i) if i > 0 => base[..i].to_string(),
+                _ => base.to_string(),
+            }
         };
-        let hit = text.lines().any(|l| {
-            let l = l.trim_start();
-            !l.starts_with('#')
-                && !l.starts_with('!')
-                && matches!(l.split_whitespace().next(), Some(s) if s == service || s == "*")
-        });
-        if hit && let Some(stem) = p.file_stem() {
-            out.extend_from_slice(stem.to_string_lossy().as_bytes());
-            out.push(b'\n');
+        if !files.contains(&name) {
+            files.push(name);
         }
     }
-    Ok(out)
+    Ok(files
+        .iter()
+        .flat_map(|f| format!("{f}\n").into_bytes())
+        .collect())
 }
 
 #[cfg(test)]
@@ -404,5 +426,24 @@ mod tests {
             0
         );
         assert_eq!(call(p, "policy.include.List", "", b"").1, "inc\n");
+        // GetFiles follows includes, keeps load order, names a file once
+        assert_eq!(
+            call(
+                p,
+                "policy.Replace",
+                "40-y",
+                b"new\nq.T * a b deny\n!include include/inc\n* * a b deny\n"
+            )
+            .0,
+            0
+        );
+        assert_eq!(call(p, "policy.GetFiles", "q.S", b"").1, "inc\n40-y\n");
+        assert_eq!(call(p, "policy.GetFiles", "q.U", b"").1, "40-y\n");
+        let (code, _, err) = call(p, "policy.GetFiles", "", b"");
+        assert_eq!(
+            (code, err.as_str()),
+            (1, "PolicyAdminException Service cannot be empty.")
+        );
+        assert_eq!(call(p, "policy.GetFiles", "a+b", b"").0, 1);
     }
 }

@@ -21,6 +21,7 @@ pub mod dom0svc;
 pub mod fdpass;
 pub mod model;
 pub mod policy;
+pub mod policy_engine;
 pub mod populate;
 pub mod qubefs;
 pub mod router;

@@ -148,7 +148,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let dir = state_dir(cli.sim)?;
             let opts = qpm_sim::daemon::ServeOptions { latency_ms, ask };
-            qpm_sim::daemon::serve(&dir, &opts, qpm_sim::policy::default_engine())?;
+            qpm_sim::daemon::serve(
+                &dir,
+                &opts,
+                qpm_sim::policy::default_engine(&dir.policy_dir()),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init => {

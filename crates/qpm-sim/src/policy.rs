@@ -64,9 +64,10 @@ pub trait PolicyEngine: Send + Sync {
     fn validate_change(&self, dir: &Path, key: &str, content: Option<&[u8]>) -> Result<(), String>;
 }
 
-/// The engine used by `qpm-sim serve`.
-pub fn default_engine() -> std::sync::Arc<dyn PolicyEngine> {
-    std::sync::Arc::new(DenyAll)
+/// The engine used by `qpm-sim serve`: `qpm-policy` on the policy
+/// directory `dir` (`<state>/policy.d`), reloaded when a file changes.
+pub fn default_engine(dir: &Path) -> std::sync::Arc<dyn PolicyEngine> {
+    std::sync::Arc::new(crate::policy_engine::DirPolicy::new(dir))
 }
 
 /// Refuses every call (no policy files are consulted).

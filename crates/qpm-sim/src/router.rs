@@ -648,8 +648,11 @@ fn spawn(
     if !arg.is_empty() {
         cmd.arg(arg);
     }
+    // Nothing of the host's qrexec or qpm settings leaks into a qube: a
+    // service sees only what the simulator sets for it.
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("QREXEC") {
+        let k_text = k.to_string_lossy();
+        if k_text.starts_with("QREXEC") || k_text.starts_with("QPM_") {
             cmd.env_remove(k);
         }
     }

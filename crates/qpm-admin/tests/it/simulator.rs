@@ -15,16 +15,26 @@ pub(crate) struct Sim {
 }
 
 impl Sim {
+    /// A simulator whose router refuses every call that is not from dom0.
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A simulator whose router follows its base policy (`policy.d`).
+    pub(crate) fn start_with_policy() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(policy: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         let thread = std::thread::spawn(move || {
-            qpm_sim::daemon::serve(
-                &state,
-                &Default::default(),
-                Arc::new(qpm_sim::policy::DenyAll),
-            )
-            .unwrap();
+            let engine: Arc<dyn qpm_sim::policy::PolicyEngine> = if policy {
+                qpm_sim::policy::default_engine(&state.policy_dir())
+            } else {
+                Arc::new(qpm_sim::policy::DenyAll)
+            };
+            qpm_sim::daemon::serve(&state, &Default::default(), engine).unwrap();
         });
         let router = dir.path().join("run/qrexec.sock");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -198,4 +208,73 @@ fn refused_calls_are_typed() {
     let e = c.list_qubes().unwrap_err();
     assert!(e.is_denied(), "{e}");
     assert!(matches!(e, qpm_admin::Error::Refused { .. }));
+}
+
+#[test]
+fn the_management_qube_sees_and_manages_only_what_policy_allows() {
+    let s = Sim::start_with_policy();
+    let c = Client::new(Simulator::new(s.router(), "mgmt"));
+    let names = |c: &Client| -> Vec<String> {
+        c.list_qubes()
+            .unwrap()
+            .into_iter()
+            .map(|q| q.name)
+            .collect()
+    };
+    // dom0 (@adminvm) and the templates only
+    assert_eq!(names(&c), ["dom0", "debian-13-xfce", "fedora-42-xfce"]);
+    let mut ev = c.events(None).unwrap();
+    assert_eq!(
+        ev.next_event().unwrap().unwrap().name,
+        "connection-established"
+    );
+    c.create("AppVM", "m1", "red", Some("fedora-42-xfce"))
+        .unwrap();
+    assert!(c.has_tag("m1", "created-by-mgmt").unwrap());
+    assert_eq!(
+        names(&c),
+        ["dom0", "debian-13-xfce", "fedora-42-xfce", "m1"]
+    );
+    c.set_property(Some("m1"), "memory", "800").unwrap();
+    assert_eq!(
+        c.property(Some("m1"), "memory").unwrap().as_int(),
+        Some(800)
+    );
+    // read-only on templates, nothing on other qubes
+    assert_eq!(
+        c.property(Some("fedora-42-xfce"), "klass").unwrap().value,
+        "TemplateVM"
+    );
+    let e = c
+        .set_property(Some("fedora-42-xfce"), "memory", "800")
+        .unwrap_err();
+    assert!(matches!(e, qpm_admin::Error::Refused { .. }), "{e}");
+    let e = c.property(Some("work"), "memory").unwrap_err();
+    assert!(matches!(e, qpm_admin::Error::Refused { .. }), "{e}");
+    // events about qubes mgmt may not see are filtered out
+    let dom0 = Client::new(Simulator::new(s.router(), "dom0"));
+    dom0.set_feature("work", "secret", "1").unwrap();
+    c.set_feature("m1", "mine", "1").unwrap();
+    loop {
+        let e = ev.next_event().unwrap().unwrap();
+        assert_ne!(e.subject, "work", "{e:?}");
+        if e.name == "domain-feature-set:mine" {
+            assert_eq!(e.subject, "m1");
+            break;
+        }
+    }
+    // the policy admin services
+    let files = c.policy_list(false).unwrap();
+    assert!(files.contains(&"30-qpm-sim-base".to_string()), "{files:?}");
+    c.policy_replace("50-test", false, "new", b"test.Echo * mgmt m1 allow\n")
+        .unwrap();
+    let (token, content) = c.policy_get("50-test", false).unwrap();
+    assert_eq!(content, b"test.Echo * mgmt m1 allow\n");
+    let e = c
+        .policy_replace("50-test", false, &token, b"not a policy\n")
+        .unwrap_err();
+    assert!(matches!(e, qpm_admin::Error::PolicyAdmin { .. }), "{e:?}");
+    c.policy_remove("50-test", false, &token).unwrap();
+    c.remove("m1").unwrap();
+    assert_eq!(names(&c), ["dom0", "debian-13-xfce", "fedora-42-xfce"]);
 }

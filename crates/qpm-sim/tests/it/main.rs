@@ -3,6 +3,7 @@
 mod badinput;
 mod compat;
 mod crash;
+mod policy;
 mod restart;
 mod router;
 
@@ -31,10 +32,16 @@ impl Served {
     }
 
     pub(crate) fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts `qpm-sim serve ARGS...` on this state directory.
+    pub(crate) fn spawn_with(&mut self, args: &[&str]) {
         let child = Command::new(bin())
             .arg("--sim")
             .arg(self.dir.path())
             .arg("serve")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::{Served, bin};
 
-fn install(s: &Served, qube: &str, name: &str, body: &str) {
+pub(crate) fn install(s: &Served, qube: &str, name: &str, body: &str) {
     let script = s.dir.path().join(format!("{name}.sh"));
     std::fs::write(&script, body).unwrap();
     let out = Command::new(bin())

@@ -289,3 +289,84 @@ fn router_runs_services_with_the_qrexec_environment() {
     );
     assert!(String::from_utf8_lossy(&st).contains("state=Running"));
 }
+
+fn first_words(out: &std::process::Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+#[test]
+fn the_host_cli_acts_as_mgmt_under_policy() {
+    let s = SimDir::new();
+    let out = s.qpm(None).args(["sim", "qubes"]).output().unwrap();
+    assert_eq!(
+        first_words(&out),
+        ["dom0", "debian-13-xfce", "fedora-42-xfce"],
+        "the base policy shows mgmt the admin VM and the templates only"
+    );
+}
+
+#[test]
+fn qpm_inside_a_simulated_qube_goes_through_qrexec_client_vm() {
+    let s = SimDir::new();
+    assert!(
+        s.qpm(None)
+            .args(["sim", "start"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    // a qube created by mgmt becomes visible to mgmt
+    let out = s
+        .sim()
+        .args([
+            "call",
+            "--from",
+            "mgmt",
+            "dom0",
+            "admin.vm.Create.AppVM+debian-13-xfce",
+        ])
+        .stdin(std::fs::File::open(write(&s, "payload", "name=mine label=red")).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"0\0");
+    let qpm = PathBuf::from(env!("CARGO_BIN_EXE_qpm"));
+    let script = format!("exec '{}' sim qubes\n", qpm.display());
+    let out = s
+        .sim()
+        .args(["call", "--from", "dom0", "mgmt", "qubes.VMShell"])
+        .stdin(std::fs::File::open(write(&s, "script", &script)).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        first_words(&out),
+        ["dom0", "debian-13-xfce", "fedora-42-xfce", "mine"]
+    );
+    // the same from a qube without any admin.* rule: refused
+    let out = s
+        .sim()
+        .args(["call", "--from", "dom0", "work", "qubes.VMShell"])
+        .stdin(std::fs::File::open(write(&s, "script", &script)).unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(s: &SimDir, name: &str, text: &str) -> PathBuf {
+    let p = s.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
