@@ -5,7 +5,6 @@
 //! Run: `cargo bench -p qpm-admin --bench transports`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -35,7 +34,8 @@ impl Sim {
             ask: None,
         };
         let thread = std::thread::spawn(move || {
-            serve(&state, &opts, Arc::new(qpm_sim::policy::DenyAll)).unwrap();
+            let engine = qpm_sim::policy::default_engine(&state.policy_dir());
+            serve(&state, &opts, engine).unwrap();
         });
         let router = path.join("run/qrexec.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -81,19 +81,19 @@ fn stand_in(dir: &Path) -> PathBuf {
     link
 }
 
-fn one_call(c: &Client) {
-    let p = c.property(Some("work"), "memory").unwrap();
+fn one_call(c: &Client, qube: &str) {
+    let p = c.property(Some(qube), "memory").unwrap();
     assert_eq!(p.as_int(), Some(400));
 }
 
-fn in_flight(c: &Client, n: u64, threads: usize) -> Duration {
+fn in_flight(c: &Client, qube: &str, n: u64, threads: usize) -> Duration {
     let start = Instant::now();
     let per = (n as usize).div_ceil(threads);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 for _ in 0..per {
-                    one_call(c);
+                    one_call(c, qube);
                 }
             });
         }
@@ -106,15 +106,23 @@ fn transports(cr: &mut Criterion) {
         let sim = Sim::start(latency, 0);
         let link_dir = tempfile::tempdir().unwrap();
         let qrexec = stand_in(link_dir.path());
-        let clients: Vec<(&str, Client)> = vec![
+        let router = sim.path.join("run/qrexec.sock");
+        // the management qube's calls go through policy (dom0's skip it)
+        let mgmt = Client::new(Simulator::new(&router, "mgmt"));
+        mgmt.create("AppVM", "managed", "red", Some("fedora-42-xfce"))
+            .unwrap();
+        let clients: Vec<(&str, Client, &str)> = vec![
             (
                 "socket",
                 Client::new(QubesdSocket::new(sim.path.join("run/qubesd.sock"))),
+                "work",
             ),
             (
                 "router",
-                Client::new(Simulator::new(sim.path.join("run/qrexec.sock"), "dom0")),
+                Client::new(Simulator::new(&router, "dom0")),
+                "work",
             ),
+            ("router_as_mgmt_with_policy", mgmt, "managed"),
             (
                 "qrexec-client-vm",
                 Client::new(
@@ -122,6 +130,7 @@ fn transports(cr: &mut Criterion) {
                         .with_env("QPM_SIM_QUBE", "dom0")
                         .with_env("QPM_SIM", sim.path.to_str().unwrap()),
                 ),
+                "work",
             ),
         ];
         let mut g = cr.benchmark_group(format!("roundtrip_latency_{latency}ms"));
@@ -129,10 +138,12 @@ fn transports(cr: &mut Criterion) {
         g.sample_size(10);
         g.measurement_time(Duration::from_secs(if latency > 0 { 6 } else { 4 }));
         g.warm_up_time(Duration::from_millis(500));
-        for (name, c) in &clients {
-            g.bench_function(format!("{name}/sequential"), |b| b.iter(|| one_call(c)));
+        for (name, c, qube) in &clients {
+            g.bench_function(format!("{name}/sequential"), |b| {
+                b.iter(|| one_call(c, qube))
+            });
             g.bench_function(format!("{name}/8_in_flight"), |b| {
-                b.iter_custom(|n| in_flight(c, n, 8))
+                b.iter_custom(|n| in_flight(c, qube, n, 8))
             });
         }
         g.finish();
