@@ -2,4 +2,5 @@
 
 mod policy;
 mod repo;
+mod sim;
 mod sync;
