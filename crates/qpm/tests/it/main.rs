@@ -3,4 +3,5 @@
 mod gatekeeper;
 mod policy;
 mod repo;
+mod sim;
 mod sync;

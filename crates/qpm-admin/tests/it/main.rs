@@ -1,0 +1,5 @@
+//! Integration tests of the client: malicious replies from a fake qubesd,
+//! and every transport against an in-process simulator.
+
+mod malicious;
+mod simulator;
