@@ -30,7 +30,7 @@
 //! let mut sys = System::new();
 //! sys.insert(Domain::dom0());
 //! sys.insert(Domain::new("sd-app", "AppVM").with_tag("created-by-mgmt").with_tag("qpm-pkg-sd"));
-//! let config = Config { mgmt: "mgmt".into(), extra_targets: vec![] };
+//! let config = Config { mgmt: "mgmt".into(), extra_targets: vec![], config_qube: None };
 //! let v = check("sd", b"qubes.Filecopy * @anyvm sd-app deny\n", &sys, &config);
 //! assert!(v.accepted);
 //! let v = check("sd", b"qubes.Filecopy * @tag:x sd-app allow\n", &sys, &config);
@@ -45,4 +45,6 @@ pub use rules::{
     Config, ExtraTarget, MAX_FILE_BYTES, MAX_LINE_BYTES, MAX_VIOLATIONS, RuleId, Verdict,
     Violation, check,
 };
-pub use store::{DISABLED_SUFFIX, FILE_PREFIX, Recheck, Store, StoreError, valid_package};
+pub use store::{
+    DISABLED_SUFFIX, FILE_PREFIX, Recheck, Store, StoreError, valid_package, write_atomic,
+};

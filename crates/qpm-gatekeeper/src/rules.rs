@@ -15,22 +15,9 @@ pub const MAX_VIOLATIONS: usize = 1000;
 /// One of the rules a package policy must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[allow(missing_docs, reason = "each variant is the rule of the same number")]
+#[rustfmt::skip]
 pub enum RuleId {
-    R1,
-    R2,
-    R3,
-    R4,
-    R5,
-    R6,
-    R7,
-    R8,
-    R9,
-    R10,
-    R11,
-    R12,
-    R13,
-    R14,
-    R15,
+    R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13, R14, R15,
 }
 
 impl fmt::Display for RuleId {
@@ -82,6 +69,10 @@ pub struct Config {
     /// Targets outside packages opened by the administrator.
     #[serde(default)]
     pub extra_targets: Vec<ExtraTarget>,
+    /// The config qube that pushes configuration (`qpm-dom0 sync-grant`);
+    /// the management qube when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_qube: Option<String>,
 }
 
 /// Who the qubes named by a package are.
@@ -377,7 +368,7 @@ fn push(list: &mut Vec<Violation>, line: Option<u32>, rule: RuleId, message: Str
 /// for q in ["app", "gpg"] {
 ///     sys.insert(Domain::new(q, "AppVM").with_tag("created-by-mgmt").with_tag("qpm-pkg-demo"));
 /// }
-/// let config = Config { mgmt: "mgmt".into(), extra_targets: vec![] };
+/// let config = Config { mgmt: "mgmt".into(), extra_targets: vec![], config_qube: None };
 /// let ok = check("demo", b"qubes.Gpg * app gpg allow\n", &sys, &config);
 /// assert!(ok.accepted);
 /// let bad = check("demo", b"qubes.Gpg * app dom0 allow\n", &sys, &config);

@@ -223,8 +223,10 @@ impl Store {
     }
 }
 
-/// temp file + fsync + rename + directory fsync, mode 0664.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+/// Writes `path` atomically: temp file + fsync + rename + directory
+/// fsync, mode 0664. The temporary name starts with `.` and does not end in
+/// `.policy`, so qrexec never loads it.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -247,7 +249,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))

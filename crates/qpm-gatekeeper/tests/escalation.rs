@@ -64,6 +64,7 @@ fn system() -> System {
 fn config() -> Config {
     Config {
         mgmt: "mgmt".into(),
+        config_qube: None,
         extra_targets: vec![
             ExtraTarget {
                 service: "qubes.USBAttach".into(),
