@@ -420,13 +420,16 @@ impl Run {
     }
 
     fn serve(&self, op: &str, package: &str, caller: &str) -> Res<(u8, String)> {
+        let op = op
+            .strip_prefix("qpm.Policy")
+            .map_or(op.to_owned(), str::to_lowercase);
         let config = self.paths.config()?;
         if caller != config.mgmt && caller != "dom0" {
             return Err(format!("PermissionDenied `{caller}` is not the management qube").into());
         }
         let store = Store::new(&self.paths.policy);
         let mut out = std::io::stdout().lock();
-        match op {
+        match op.as_str() {
             "get" => {
                 let text = store.get(package)?;
                 out.write_all(&text)?;
