@@ -171,6 +171,7 @@ pub(crate) fn ensure_sim(dir: &Path, opts: &StartOptions) -> Result<bool> {
         return Ok(false);
     }
     let bin = sim_binary()?;
+    let fresh = !dir.join("state.json").exists();
     std::fs::create_dir_all(dir.join("log"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let log_path = dir.join("log/qpm-sim.log");
@@ -203,10 +204,12 @@ pub(crate) fn ensure_sim(dir: &Path, opts: &StartOptions) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if sim_running(dir) {
+            bootstrap_dom0(dir, fresh)?;
             return Ok(true);
         }
         if let Ok(Some(status)) = child.try_wait() {
             if sim_running(dir) {
+                bootstrap_dom0(dir, fresh)?;
                 return Ok(true);
             }
             bail!(
@@ -220,6 +223,43 @@ pub(crate) fn ensure_sim(dir: &Path, opts: &StartOptions) -> Result<bool> {
         "the simulator did not answer within 20 s; see {}",
         log_path.display()
     )
+}
+
+/// A fresh simulated dom0 is set up the way a dom0 administrator sets up
+/// Qubes for qpm: `qpm-dom0 init` gives the management qube its Admin API
+/// subset and installs the policy gatekeeper. Without `qpm-dom0` (next to
+/// `qpm-sim` or on `PATH`) the simulator keeps its own bootstrap policy.
+fn bootstrap_dom0(dir: &Path, fresh: bool) -> Result<()> {
+    if !fresh {
+        return Ok(());
+    }
+    let next_to_sim = sim_binary()?.with_file_name("qpm-dom0");
+    let Some(bin) = next_to_sim
+        .is_file()
+        .then_some(next_to_sim)
+        .or_else(|| on_path("qpm-dom0"))
+    else {
+        tracing::warn!("qpm-dom0 not found: the simulated dom0 has no policy gatekeeper");
+        return Ok(());
+    };
+    let mgmt = sim_caller(dir);
+    if mgmt == "dom0" {
+        return Ok(());
+    }
+    let out = Command::new(&bin)
+        .arg("--sim")
+        .arg(dir)
+        .args(["init", "--mgmt", &mgmt, "--adopt"])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "qpm-dom0 init failed on the simulated dom0: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    tracing::info!("set up the simulated dom0 with `qpm-dom0 init --mgmt {mgmt}`");
+    Ok(())
 }
 
 /// The Admin API client for these flags (starting the simulator if needed).

@@ -65,6 +65,38 @@ Example:
   qpm policy conformance conformance/policy/public.jsonl > out.jsonl
   python3 conformance/policy/check.py --cases conformance/policy/public.jsonl --actual out.jsonl")]
     Conformance(ConformanceArgs),
+    /// Check a package's policy as dom0's gatekeeper will, before publishing.
+    ///
+    /// The same implementation as the gatekeeper service: a package policy
+    /// is accepted only if every line stays inside the package's own qubes
+    /// (rules R1-R15, see docs/gatekeeper.md). The system description is
+    /// the JSON of `policy eval` ({"domains": {NAME: {"type": ...,
+    /// "tags": [...], "template_for_dispvms": ...}}}); the gatekeeper config
+    /// is {"mgmt": "NAME", "extra_targets": [{"service": "SERVICE or
+    /// SERVICE+ARG", "target": "QUBE"}]}. Each violation is printed as
+    /// FILE:LINE: reason. Nothing is written. Exit status: 0 accepted,
+    /// 1 rejected, 2 bad usage or unreadable input.
+    #[command(after_help = "\
+Example:
+  qpm policy scope-check --package sd --system system.json --config gatekeeper.json \\
+      examples/securedrop-ws/1.0.0/policy/31-securedrop-ws.policy")]
+    ScopeCheck(ScopeCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScopeCheckArgs {
+    /// The package the policy belongs to.
+    #[arg(long, value_name = "NAME")]
+    package: String,
+    /// The system description (JSON).
+    #[arg(long, value_name = "SYSTEM.JSON")]
+    system: PathBuf,
+    /// The gatekeeper's configuration (JSON).
+    #[arg(long, value_name = "CONFIG.JSON")]
+    config: PathBuf,
+    /// The policy file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -112,7 +144,58 @@ pub(crate) fn run(cmd: PolicyCommand, ctx: &Ctx) -> Result<Status> {
         PolicyCommand::Check(a) => check(&a, ctx),
         PolicyCommand::Eval(a) => eval(&a, ctx),
         PolicyCommand::Conformance(a) => run_conformance(&a),
+        PolicyCommand::ScopeCheck(a) => scope_check(&a, ctx),
     }
+}
+
+fn scope_check(a: &ScopeCheckArgs, ctx: &Ctx) -> Result<Status> {
+    if !qpm_gatekeeper::valid_package(&a.package) {
+        bail!(
+            "invalid package name {:?}: use lowercase letters, digits, `_` and `-`",
+            a.package
+        );
+    }
+    let system = load_system(&a.system)?;
+    let config_text = read_bounded(&a.config, "gatekeeper config")?;
+    let config: qpm_gatekeeper::Config = serde_json::from_str(&config_text)
+        .with_context(|| format!("invalid gatekeeper config {:?}", a.config))?;
+    let mut policy = Vec::new();
+    std::fs::File::open(&a.file)
+        .and_then(|f| f.take(MAX_INPUT).read_to_end(&mut policy))
+        .with_context(|| format!("cannot read policy {:?}", a.file))?;
+    let verdict = qpm_gatekeeper::check(&a.package, &policy, &system, &config);
+    let file = a.file.display().to_string().escape_debug().to_string();
+    if ctx.json {
+        let out = json!({ "accepted": verdict.accepted, "violations": verdict.violations });
+        println!("{out}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        for v in &verdict.violations {
+            match v.line {
+                Some(l) => writeln!(out, "{file}:{l}: {} ({})", v.message, v.rule)?,
+                None => writeln!(out, "{file}: {} ({})", v.message, v.rule)?,
+            }
+        }
+    }
+    for w in &verdict.warnings {
+        let l = w.line.map(|l| format!(":{l}")).unwrap_or_default();
+        eprintln!("warning: {file}{l}: {}", w.message);
+    }
+    if !ctx.quiet && !ctx.json {
+        eprintln!(
+            "{file}: {}",
+            if verdict.accepted {
+                "accepted".to_owned()
+            } else {
+                format!("rejected ({} violations)", verdict.violations.len())
+            }
+        );
+    }
+    Ok(if verdict.accepted {
+        Status::Success
+    } else {
+        Status::Failure
+    })
 }
 
 fn read_bounded(path: &Path, what: &str) -> Result<String> {

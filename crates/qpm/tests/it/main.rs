@@ -1,5 +1,6 @@
 //! Integration tests of the `qpm` binary.
 
+mod gatekeeper;
 mod policy;
 mod repo;
 mod sim;
