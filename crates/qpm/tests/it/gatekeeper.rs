@@ -202,16 +202,7 @@ mod dom0 {
     use crate::sim::{SimDir, sim_bin};
 
     fn dom0_bin() -> PathBuf {
-        let bin = sim_bin().with_file_name("qpm-dom0");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-p", "qpm-dom0"])
-                .status()
-                .unwrap();
-            assert!(st.success(), "building qpm-dom0 failed");
-        }
-        bin
+        sim_bin().with_file_name("qpm-dom0")
     }
 
     fn dom0(s: &SimDir, args: &[&str]) -> Output {
@@ -233,7 +224,8 @@ mod dom0 {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
+        // A refused call exits without reading its input: ignore EPIPE.
+        let _ = child.stdin.take().unwrap().write_all(input);
         child.wait_with_output().unwrap()
     }
 

@@ -6,19 +6,20 @@ use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
-/// The `qpm-sim` binary next to `qpm` (built on demand).
+/// The `qpm-sim` binary next to `qpm`. `cargo test` builds only this
+/// package's binaries, so the simulator and `qpm-dom0` (which sets up its
+/// dom0) are built here, once per test run, so that they are never stale.
 pub(crate) fn sim_bin() -> PathBuf {
-    let qpm = PathBuf::from(env!("CARGO_BIN_EXE_qpm"));
-    let sim = qpm.with_file_name("qpm-sim");
-    if !sim.exists() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
-            .args(["build", "-p", "qpm-sim"])
+            .args(["build", "-q", "-p", "qpm-sim", "-p", "qpm-dom0"])
             .status()
             .expect("cargo build");
-        assert!(st.success(), "building qpm-sim failed");
-    }
-    sim
+        assert!(st.success(), "building qpm-sim and qpm-dom0 failed");
+    });
+    PathBuf::from(env!("CARGO_BIN_EXE_qpm")).with_file_name("qpm-sim")
 }
 
 /// A simulator state directory that is stopped and removed at the end.
