@@ -406,26 +406,19 @@ impl LineCursor {
         let mut i = start;
         let mut multibyte = false;
         let n = bytes.len();
-        // Index of the first byte from `i` on whose class is not `c`.
-        let run = |i: usize, c: u8| {
-            bytes
-                .get(i..)
-                .unwrap_or_default()
-                .iter()
-                .position(|&b| CLASS[b as usize] != c)
-                .map_or(n, |k| i + k)
-        };
+        let class = |i: usize| bytes.get(i).map_or(NEWLINE, |&b| CLASS[b as usize]);
         let end = loop {
-            i = run(i, SPACE);
-            match bytes.get(i).map(|&b| CLASS[b as usize]) {
-                None | Some(NEWLINE) => break i,
-                _ => {}
+            while class(i) == SPACE {
+                i += 1;
+            }
+            if class(i) == NEWLINE {
+                break i.min(n);
             }
             let from = i;
             loop {
-                i = run(i, REGULAR);
-                match bytes.get(i).map(|&b| CLASS[b as usize]) {
-                    Some(MULTIBYTE) => {
+                match class(i) {
+                    REGULAR => i += 1,
+                    MULTIBYTE => {
                         multibyte = true;
                         i += 1;
                     }
