@@ -2,10 +2,13 @@
 //!
 //! The management qube has no network. It reaches repositories the way
 //! templates reach theirs: through the updates proxy of its qube
-//! (`http://127.0.0.1:8082/`, set with `qpm repo proxy`), which tunnels
-//! HTTPS with `CONNECT` (the Qubes updates proxy allows `CONNECT` to port
-//! 443, so use `https://` repository URLs through it). A repository can also
-//! be a directory: `file:///media/usb/repo` or a plain path, for USB sticks
+//! (`http://127.0.0.1:8082/`, set with `qpm repo proxy`). Through a proxy,
+//! `https://` is tunnelled with `CONNECT` (the Qubes updates proxy allows
+//! `CONNECT` to port 443 only) and `http://` is forwarded: the request goes
+//! to the proxy with the absolute URL as its target, as RFC 9112 §3.2.2
+//! says and as the updates proxy expects (it refuses `CONNECT` to port 80).
+//! Signatures, not the transport, make either trustworthy. A repository can
+//! also be a directory: `file:///media/usb/repo` or a plain path, for USB sticks
 //! and air-gapped setups.
 //!
 //! Every fetch is bounded: the caller gives the most bytes it accepts, and
@@ -135,7 +138,15 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Transport {
     agent: ureq::Agent,
+    /// `HOST:PORT` of the proxy, for forwarded `http://` requests.
+    proxy: Option<String>,
 }
+
+/// Connect timeout, and the longest wait for the next bytes of a response.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const RECV_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest response head accepted from a proxy.
+const MAX_HEAD: usize = 64 * 1024;
 
 fn header_value(v: &str) -> Option<String> {
     (v.len() <= 256 && v.bytes().all(|b| (0x20..0x7f).contains(&b))).then(|| v.to_owned())
@@ -144,24 +155,34 @@ fn header_value(v: &str) -> Option<String> {
 impl Transport {
     /// A transport, through `proxy` (`http://HOST:PORT/`) when given.
     pub fn new(proxy: Option<&str>) -> Result<Self, Error> {
-        let proxy =
-            match proxy {
-                Some(p) => Some(ureq::Proxy::new(p).map_err(|e| {
+        let (proxy, forward) = match proxy {
+            Some(p) => {
+                let parsed = ureq::Proxy::new(p).map_err(|e| {
                     Error::Usage(format!("invalid proxy `{}`: {e}", p.escape_debug()))
-                })?),
-                None => None,
-            };
+                })?;
+                if parsed.protocol() != ureq::ProxyProtocol::Http {
+                    return Err(Error::Usage(format!(
+                        "unsupported proxy `{}`: use http://HOST:PORT/",
+                        p.escape_debug()
+                    )));
+                }
+                let addr = format!("{}:{}", parsed.host(), parsed.port());
+                (Some(parsed), Some(addr))
+            }
+            None => (None, None),
+        };
         let config = ureq::Agent::config_builder()
             .proxy(proxy)
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(RECV_TIMEOUT))
             .timeout_recv_body(None)
             .max_redirects(5)
             .user_agent(concat!("qpm/", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Self {
             agent: config.into(),
+            proxy: forward,
         })
     }
 
@@ -215,6 +236,21 @@ impl Transport {
             }
             Source::Http(base) => {
                 let full = format!("{base}{rel}");
+                if let Some(proxy) = &self.proxy
+                    && full
+                        .get(..7)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+                {
+                    return forward(proxy, &full, cond, limit, out, progress, stats).map_err(|e| {
+                        match e {
+                            Forward::Io(reason) => terr(reason),
+                            Forward::TooLarge => Error::TooLarge {
+                                what: full.clone(),
+                                limit,
+                            },
+                        }
+                    });
+                }
                 let mut req = self.agent.get(&full);
                 if let Some(c) = cond.filter(|c| !c.is_empty()) {
                     if let Some(e) = &c.etag {
@@ -258,6 +294,153 @@ impl Transport {
             }
         }
     }
+}
+
+enum Forward {
+    Io(String),
+    TooLarge,
+}
+
+/// `GET URL` through the HTTP proxy at `proxy` (`HOST:PORT`) with the
+/// absolute URL as request target. HTTP/1.0, one request per connection,
+/// so the body is never chunked: it ends at `Content-Length` or the close.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    proxy: &str,
+    url: &str,
+    cond: Option<&Validators>,
+    limit: u64,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+    stats: &mut Stats,
+) -> Result<Option<Validators>, Forward> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let io = |what: &str, e: std::io::Error| Forward::Io(format!("{what} {proxy}: {e}"));
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|_| Forward::Io("not a valid URL".into()))?;
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| Forward::Io("URL has no host".into()))?;
+    let mut last = None;
+    let mut conn = None;
+    for addr in proxy
+        .to_socket_addrs()
+        .map_err(|e| io("resolving proxy", e))?
+    {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut conn = match (conn, last) {
+        (Some(c), _) => c,
+        (None, Some(e)) => return Err(io("connecting to proxy", e)),
+        (None, None) => return Err(Forward::Io(format!("proxy {proxy} has no address"))),
+    };
+    conn.set_read_timeout(Some(RECV_TIMEOUT))
+        .and_then(|()| conn.set_write_timeout(Some(RECV_TIMEOUT)))
+        .map_err(|e| io("configuring connection to", e))?;
+    let mut head = format!(
+        "GET {url} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: qpm/{}\r\nAccept: */*\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(c) = cond {
+        if let Some(e) = &c.etag {
+            head.push_str(&format!("If-None-Match: {e}\r\n"));
+        }
+        if let Some(m) = &c.last_modified {
+            head.push_str(&format!("If-Modified-Since: {m}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())
+        .map_err(|e| io("sending request to", e))?;
+
+    // Response head, bounded.
+    let mut buf = Vec::with_capacity(8 * 1024);
+    let mut chunk = [0u8; 8 * 1024];
+    let (status, len, validators, body_start) = loop {
+        let k = match conn.read(&mut chunk) {
+            Ok(0) => {
+                return Err(Forward::Io(format!(
+                    "proxy {proxy} closed before a response"
+                )));
+            }
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io("reading response from", e)),
+        };
+        buf.extend_from_slice(chunk.get(..k).unwrap_or_default());
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut len = None;
+                let mut v = Validators::default();
+                for h in resp.headers.iter() {
+                    let value = std::str::from_utf8(h.value).ok();
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        len = Some(
+                            value
+                                .and_then(|s| s.trim().parse::<u64>().ok())
+                                .ok_or_else(|| {
+                                    Forward::Io("invalid Content-Length in response".into())
+                                })?,
+                        );
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        return Err(Forward::Io(
+                            "unexpected Transfer-Encoding in a response to HTTP/1.0".into(),
+                        ));
+                    } else if h.name.eq_ignore_ascii_case("etag") {
+                        v.etag = value.and_then(header_value);
+                    } else if h.name.eq_ignore_ascii_case("last-modified") {
+                        v.last_modified = value.and_then(header_value);
+                    }
+                }
+                break (resp.code.unwrap_or(0), len, v, n);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(Forward::Io(format!(
+                    "response head longer than {MAX_HEAD} bytes"
+                )));
+            }
+            Err(e) => return Err(Forward::Io(format!("invalid HTTP response: {e}"))),
+        }
+    };
+    if status == 304 {
+        return Ok(None);
+    }
+    if status != 200 {
+        return Err(Forward::Io(format!(
+            "HTTP status {status} (through proxy {proxy})"
+        )));
+    }
+    if len.is_some_and(|l| l > limit) {
+        return Err(Forward::TooLarge);
+    }
+    let early = buf.get(body_start..).unwrap_or_default();
+    // With a length, stop there (a keep-alive proxy may not close).
+    let cap = len.unwrap_or(limit.saturating_add(1));
+    let mut body = Read::chain(early, conn).take(cap);
+    let total = len.unwrap_or(limit);
+    let n = copy_progress(&mut body, out, total, progress, stats)
+        .map_err(|e| io("reading body through", e))?;
+    if n > limit {
+        return Err(Forward::TooLarge);
+    }
+    if len.is_some_and(|l| l != n) {
+        return Err(Forward::Io(format!(
+            "body ended after {n} of {} bytes",
+            len.unwrap_or_default()
+        )));
+    }
+    Ok(Some(validators))
 }
 
 fn copy_progress(

@@ -250,7 +250,10 @@ fn update_through_a_proxy_and_from_a_directory() {
     assert_eq!(j["repos"][0]["status"], "updated");
     assert_eq!(j["repos"][1]["status"], "updated");
     assert_eq!(j["repos"][1]["refused"][0]["package"], "dangerzone");
-    assert!(proxy.tunnels() >= 1, "the proxy was not used");
+    // http:// goes through the proxy as a forwarded GET, never CONNECT
+    // (which the Qubes updates proxy allows to port 443 only).
+    assert!(proxy.forwards() >= 1, "the proxy was not used");
+    assert_eq!(proxy.tunnels(), 0, "http:// must not be tunnelled");
     assert_eq!(srv.stats().requests, 2);
     env.ok(&["download", "dangerzone", "-o", "dl"]);
     assert!(env.path("dl/dangerzone-2.0.0.qpm").is_file());
@@ -873,7 +876,7 @@ fn packages_build_with_the_right_contents_and_the_deb_installs() {
 
 mod server {
     //! A small HTTP/1.1 file server with ETags and counters, and a CONNECT
-    //! proxy: both on loopback, both only for these tests.
+    //! proxy like the Qubes updates proxy: both on loopback, only for these tests.
 
     use std::collections::hash_map::DefaultHasher;
     use std::hash::{Hash as _, Hasher as _};
@@ -1039,10 +1042,13 @@ mod server {
         }
     }
 
-    /// A CONNECT proxy to loopback ports, counting tunnels.
+    /// A proxy that behaves like the Qubes updates proxy (tinyproxy with
+    /// `ConnectPort 443`): `CONNECT` only to port 443, plain `http://` by
+    /// absolute-form `GET`, forwarded to loopback only. Counts both.
     pub(crate) struct Proxy {
         port: u16,
         tunnels: Arc<AtomicU64>,
+        forwards: Arc<AtomicU64>,
     }
 
     impl Proxy {
@@ -1050,15 +1056,20 @@ mod server {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let port = l.local_addr().unwrap().port();
             let tunnels = Arc::new(AtomicU64::new(0));
-            let t = tunnels.clone();
+            let forwards = Arc::new(AtomicU64::new(0));
+            let (t, f) = (tunnels.clone(), forwards.clone());
             std::thread::spawn(move || {
                 for c in l.incoming() {
                     let Ok(c) = c else { continue };
-                    let t = t.clone();
-                    std::thread::spawn(move || tunnel(c, &t));
+                    let (t, f) = (t.clone(), f.clone());
+                    std::thread::spawn(move || tunnel(c, &t, &f));
                 }
             });
-            Self { port, tunnels }
+            Self {
+                port,
+                tunnels,
+                forwards,
+            }
         }
 
         pub(crate) fn url(&self) -> String {
@@ -1068,9 +1079,63 @@ mod server {
         pub(crate) fn tunnels(&self) -> u64 {
             self.tunnels.load(Ordering::SeqCst)
         }
+
+        pub(crate) fn forwards(&self) -> u64 {
+            self.forwards.load(Ordering::SeqCst)
+        }
     }
 
-    fn tunnel(c: TcpStream, count: &AtomicU64) {
+    /// Forwards an absolute-form `GET` to its loopback origin, the way a
+    /// proxy does: origin-form request upstream, the response back.
+    fn forward(head: &[String], mut w: TcpStream, count: &AtomicU64) {
+        let mut parts = head[0].split(' ');
+        let target = parts.nth(1).unwrap_or("");
+        let Some(rest) = target.strip_prefix("http://") else {
+            let _ = w.write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            return;
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        if !authority.starts_with("127.0.0.1:") {
+            let _ = w.write_all(b"HTTP/1.0 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+        let Ok(mut up) = TcpStream::connect(authority) else {
+            let _ = w.write_all(b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+            return;
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        let mut req = format!("GET {path} HTTP/1.1\r\n");
+        for h in &head[1..] {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        up.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(up);
+        let Some(resp) = read_head(&mut r) else {
+            return;
+        };
+        let len: usize = resp
+            .iter()
+            .find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        let got = r.read_exact(&mut body).is_ok();
+        let mut out = resp.join("\r\n").replacen("HTTP/1.1", "HTTP/1.0", 1);
+        out.push_str("\r\n\r\n");
+        let _ = w.write_all(out.as_bytes());
+        if got {
+            let _ = w.write_all(&body);
+        }
+        let _ = w.shutdown(Shutdown::Both);
+    }
+
+    fn tunnel(c: TcpStream, count: &AtomicU64, forwards: &AtomicU64) {
         let mut w = c.try_clone().unwrap();
         let mut r = BufReader::new(c);
         let Some(head) = read_head(&mut r) else {
@@ -1078,7 +1143,12 @@ mod server {
         };
         let mut parts = head[0].split(' ');
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let ok_target = target.starts_with("127.0.0.1:") || target.starts_with("localhost:");
+        if method == "GET" {
+            return forward(&head, w, forwards);
+        }
+        // Like the updates proxy's `ConnectPort 443`: CONNECT to any other
+        // port is refused.
+        let ok_target = target.ends_with(":443");
         if method != "CONNECT" || !ok_target {
             let _ = w.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
             return;
