@@ -128,6 +128,34 @@ impl Loaded {
     /// Reads lines of `f` until one needs the loader (a directive, an error,
     /// the end of the file); rules go straight into `self`.
     fn file_lines(&mut self, f: &mut FileFrame, fields: &mut Fields) -> Step {
+        if let Some(pre) = &mut f.pre {
+            let (upto, event) = match pre.events.next() {
+                Some((n, e)) => (n, Some(e)),
+                None => (usize::MAX, None),
+            };
+            let before = self.rules.len();
+            let want = upto.saturating_sub(pre.taken);
+            self.rules.extend(pre.rules.by_ref().take(want));
+            let added = self.rules.len() - before;
+            pre.taken += added;
+            self.rule_file.extend(std::iter::repeat_n(f.id, added));
+            if self.rules.len() > MAX_RULES {
+                let line = self.rules.get(MAX_RULES).map(|r| r.line);
+                return Step::Fail(LoadError::new(
+                    &f.key,
+                    line,
+                    ErrorKind::TooLarge,
+                    format!("policy has more than {MAX_RULES} rules"),
+                ));
+            }
+            return match event {
+                Some(Event::Directive(d)) => {
+                    Step::Directive(d, f.key.clone(), f.format.clone(), f.base.clone())
+                }
+                Some(Event::Error(e)) => Step::Fail(LoadError::from_parse(&f.key, e)),
+                None => Step::Pop,
+            };
+        }
         while let Some((lineno, line)) = f.cursor.next_fields(&f.buf, fields) {
             match parse_file_line(
                 &f.buf,
@@ -173,7 +201,76 @@ struct FileFrame {
     format: Format,
     /// Directory key include paths are relative to.
     base: Arc<str>,
+    /// The file parsed ahead of time on another thread (then `buf` is
+    /// empty and `cursor` unused).
+    pre: Option<Preparsed>,
 }
+
+/// A new-format file parsed ahead of the walk: its rules, and the lines
+/// that need the loader (directives, the first error) with the number of
+/// rules before each.
+struct Preparsed {
+    /// Bytes read (for the loader's total-size limit).
+    len: usize,
+    rules: std::vec::IntoIter<Rule>,
+    events: std::vec::IntoIter<(usize, Event)>,
+    /// Rules taken so far.
+    taken: usize,
+}
+
+enum Event {
+    Directive(crate::parse::Directive),
+    Error(ParseError),
+}
+
+impl Preparsed {
+    /// Reads and parses every line of `key` (stopping at the first error).
+    fn read(src: &dyn Source, key: &str) -> std::io::Result<Self> {
+        let bytes = src.read(key, MAX_FILE_SIZE)?;
+        let len = bytes.len();
+        if len > MAX_FILE_SIZE {
+            // The walk reports this when it reaches the file.
+            return Err(std::io::Error::other("too large"));
+        }
+        let (text, error) = decode(bytes);
+        let buf: Buf = Arc::new(text);
+        let mut rules = Vec::with_capacity(buf.len() / 40);
+        let mut events = Vec::new();
+        let mut fields = Fields::new();
+        let mut cursor = LineCursor::default();
+        let mut failed = false;
+        while let Some((lineno, line)) = cursor.next_fields(&buf, &mut fields) {
+            match parse_file_line(
+                &buf,
+                line,
+                fields.of(&buf),
+                lineno,
+                &Format::New,
+                &mut rules,
+            ) {
+                Ok(Parsed::Nothing | Parsed::Rule) => {}
+                Ok(Parsed::Directive(d)) => events.push((rules.len(), Event::Directive(d))),
+                Err(e) => {
+                    events.push((rules.len(), Event::Error(e)));
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if let Some(e) = error.filter(|_| !failed) {
+            events.push((rules.len(), Event::Error(e)));
+        }
+        Ok(Self {
+            len,
+            rules: rules.into_iter(),
+            events: events.into_iter(),
+            taken: 0,
+        })
+    }
+}
+
+/// Files of the root directory parsed ahead on other threads, by key.
+type Prefetched = std::collections::HashMap<String, Preparsed>;
 
 type CompatEntry = (Option<Text>, Option<Text>, String);
 
@@ -219,7 +316,20 @@ pub(crate) struct Loader<'s> {
     depth: usize,
     bytes: usize,
     loads: usize,
+    /// Root files parsed ahead (see [`Loader::load_parallel`]).
+    prefetched: Prefetched,
+    /// Root files being parsed ahead by workers, by chunk, and whether the
+    /// chunk's results are still to come; the walk waits for a chunk when
+    /// it first needs one of its files.
+    pending: Vec<(Vec<String>, bool)>,
+    /// Where workers send `(chunk, results)`.
+    results: Option<std::sync::mpsc::Receiver<(usize, Vec<std::io::Result<Preparsed>>)>>,
 }
+
+/// Fewest root files worth parsing on other threads.
+const PARALLEL_MIN_FILES: usize = 8;
+/// Most threads used to parse root files.
+const PARALLEL_MAX_THREADS: usize = 4;
 
 impl<'s> Loader<'s> {
     pub(crate) fn new(src: &'s dyn Source, opts: &'s LoadOptions) -> Self {
@@ -232,6 +342,9 @@ impl<'s> Loader<'s> {
             depth: 0,
             bytes: 0,
             loads: 0,
+            prefetched: Prefetched::new(),
+            pending: Vec::new(),
+            results: None,
         }
     }
 
@@ -254,6 +367,103 @@ impl<'s> Loader<'s> {
         });
         self.run()?;
         Ok(self.out)
+    }
+
+    /// Like [`Loader::load`], parsing the root directory's files on up to
+    /// [`PARALLEL_MAX_THREADS`] threads. The walk (includes, limits, error
+    /// order) is unchanged: the first part of the files is parsed by the
+    /// walk itself while workers parse the rest, and a worker's files are
+    /// used when the walk reaches them. Same result as `load`, always.
+    pub(crate) fn load_parallel(
+        mut self,
+        sync_src: &'s (dyn Source + Sync),
+    ) -> Result<Loaded, LoadError> {
+        if self.opts.only_file.is_some() {
+            return self.load();
+        }
+        let at = At {
+            file: Arc::from("."),
+            line: None,
+        };
+        let keys = self.policy_files("", &at)?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(PARALLEL_MAX_THREADS);
+        if threads < 2 || keys.len() < PARALLEL_MIN_FILES {
+            return self.load();
+        }
+        let per = keys.len().div_ceil(threads);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.results = Some(rx);
+        std::thread::scope(|scope| {
+            for (chunk, work) in keys.chunks(per).enumerate().skip(1) {
+                let tx = tx.clone();
+                let work = work.to_vec();
+                self.pending.resize_with(chunk, || (Vec::new(), false));
+                self.pending.push((work.clone(), false));
+                let spawned = std::thread::Builder::new()
+                    .name("qpm-policy-load".into())
+                    .spawn_scoped(scope, move || {
+                        let mut total = 0usize;
+                        let results = work
+                            .iter()
+                            .map(|k| {
+                                // Past the total limit, leave the rest to the walk.
+                                if total > MAX_TOTAL_BYTES {
+                                    return Err(std::io::Error::other("over the total limit"));
+                                }
+                                let r = Preparsed::read(sync_src, k);
+                                if let Ok(p) = &r {
+                                    total = total.saturating_add(p.len);
+                                }
+                                r
+                            })
+                            .collect();
+                        // The walk may have stopped at an error already.
+                        let _ = tx.send((chunk, results));
+                    });
+                // Without a thread, the walk reads these files itself.
+                if let Some(p) = self.pending.get_mut(chunk) {
+                    p.1 = spawned.is_ok();
+                }
+            }
+            drop(tx);
+            let root: Arc<str> = Arc::from("");
+            self.stack.push(Frame::Dir {
+                keys: keys.into_iter(),
+                base: root,
+                from: None,
+            });
+            let r = self.run();
+            // Drop the receiver so that workers of a walk that stopped early
+            // finish (the scope joins them).
+            self.results = None;
+            r.map(|()| std::mem::take(&mut self.out))
+        })
+    }
+
+    /// Takes workers' results until chunk `want` is in. A worker that
+    /// failed leaves its files to the walk.
+    fn receive(&mut self, want: usize) {
+        let Some(rx) = &self.results else { return };
+        while let Ok((chunk, results)) = rx.recv() {
+            let Some((keys, waiting)) = self.pending.get_mut(chunk) else {
+                continue;
+            };
+            *waiting = false;
+            for (k, r) in keys.iter().zip(results) {
+                if let Ok(p) = r {
+                    self.prefetched.insert(k.clone(), p);
+                }
+            }
+            if chunk == want {
+                return;
+            }
+        }
+        // Every worker is gone: the walk reads what is left itself.
+        for (_, waiting) in &mut self.pending {
+            *waiting = false;
+        }
     }
 
     /// The policy files of directory `dir` in load order, names checked.
@@ -591,6 +801,39 @@ impl<'s> Loader<'s> {
                 format!("policy opens more than {MAX_FILE_LOADS} files"),
             ));
         }
+        if top && matches!(format, Format::New) {
+            if let Some(want) = self
+                .pending
+                .iter()
+                .position(|(keys, waiting)| *waiting && keys.iter().any(|k| k == key))
+            {
+                self.receive(want);
+            }
+            if let Some(pre) = self.prefetched.remove(key) {
+                self.bytes = self.bytes.saturating_add(pre.len);
+                if self.bytes > MAX_TOTAL_BYTES {
+                    return Err(LoadError::new(
+                        &at.file,
+                        at.line,
+                        ErrorKind::TooLarge,
+                        format!("policy is larger than {MAX_TOTAL_BYTES} bytes in total"),
+                    ));
+                }
+                let id = self.file_id(&keyarc);
+                self.depth = self.depth.saturating_add(1);
+                self.stack.push(Frame::File(FileFrame {
+                    key: keyarc,
+                    id,
+                    buf: Arc::default(),
+                    cursor: LineCursor::default(),
+                    error: None,
+                    format,
+                    base,
+                    pre: Some(pre),
+                }));
+                return Ok(());
+            }
+        }
         let bytes = self.src.read(key, MAX_FILE_SIZE).map_err(|e| {
             LoadError::new(
                 &at.file,
@@ -635,6 +878,7 @@ impl<'s> Loader<'s> {
             error,
             format,
             base,
+            pre: None,
         }));
         Ok(())
     }

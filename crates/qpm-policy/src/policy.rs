@@ -192,7 +192,14 @@ impl Policy {
     /// Loads every `*.policy` file of the directory `dir` (for example
     /// `/etc/qubes/policy.d`) the way qrexec does.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
-        Self::load(&DirSource::new(dir.as_ref()), &LoadOptions::default())
+        let source = DirSource::new(dir.as_ref());
+        let options = LoadOptions::default();
+        let loaded = Loader::new(&source, &options).load_parallel(&source)?;
+        Ok(Self::from_parts(
+            loaded.files,
+            loaded.rules,
+            loaded.rule_file,
+        ))
     }
 
     /// Loads one file as the whole policy; its includes resolve relative to

@@ -438,3 +438,91 @@ fn policy_is_shareable_between_threads() {
     shareable::<System>();
     shareable::<qpm_policy::PolicyCache>();
 }
+
+/// `Policy::load_dir` parses the root files on several threads; whatever
+/// the files hold, it must give exactly what the one-thread walk gives:
+/// the same rules in the same order, or the same (first) error.
+#[test]
+fn parallel_directory_load_equals_the_sequential_walk() {
+    fn both(files: &[(String, String)]) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let show = |r: Result<Policy, qpm_policy::LoadError>| match r {
+            Ok(p) => p
+                .rules()
+                .map(|(at, r)| format!("{}:{} {r:?}\n", at.file, at.line))
+                .collect(),
+            Err(e) => format!("error: {e}"),
+        };
+        let parallel = show(Policy::load_dir(dir.path()));
+        let sequential = show(Policy::load(
+            &qpm_policy::DirSource::new(dir.path()),
+            &LoadOptions::default(),
+        ));
+        (parallel, sequential)
+    }
+    let base: Vec<(String, String)> = (0..24)
+        .map(|i| {
+            let mut t = format!("# file {i}\n");
+            for j in 0..30 {
+                t.push_str(&format!(
+                    "svc.S{i}x{j} +a work @anyvm ask default_target=vault\n"
+                ));
+            }
+            (format!("{i:02}-f.policy"), t)
+        })
+        .collect();
+    let with = |edits: &[(usize, &str)], extra: &[(&str, &str)]| {
+        let mut f = base.clone();
+        for (i, line) in edits {
+            f[*i].1.push_str(line);
+            f[*i].1.push_str("\nlast.rule * @anyvm @anyvm deny\n");
+        }
+        f.extend(extra.iter().map(|(n, t)| (n.to_string(), t.to_string())));
+        f
+    };
+    let cases = [
+        with(&[], &[]),
+        // Directives in files the workers parse, and in the walk's own.
+        with(
+            &[
+                (2, "!include inc/a"),
+                (20, "!include-dir inc"),
+                (23, "!include-service svc.X + inc/old"),
+            ],
+            &[
+                ("inc/a", "x * @anyvm @anyvm deny\n"),
+                ("inc/b.policy", "y * @anyvm @anyvm allow\n"),
+                ("inc/old", "@anyvm @anyvm deny\n"),
+            ],
+        ),
+        // An error only in a late file, then in an early and a late one
+        // (the first in load order wins).
+        with(&[(21, "bad rule")], &[]),
+        with(
+            &[
+                (3, "* * @anyvm @anyvm allow target=@anyvm"),
+                (21, "bad rule"),
+            ],
+            &[],
+        ),
+        // A late file including a missing file, and an include cycle.
+        with(&[(22, "!include inc/missing")], &[]),
+        with(&[(19, "!include inc/c")], &[("inc/c", "!include inc/c\n")]),
+        // A NUL in a late file.
+        with(&[(17, "bad \u{0}")], &[]),
+    ];
+    let mut errors = 0;
+    for (n, files) in cases.iter().enumerate() {
+        let (parallel, sequential) = both(files);
+        assert_eq!(parallel, sequential, "case {n}");
+        errors += usize::from(parallel.starts_with("error"));
+    }
+    assert_eq!(errors, 5, "the error cases must fail");
+    let (ok, _) = both(&cases[0]);
+    assert_eq!(ok.lines().count(), 24 * 30);
+}
