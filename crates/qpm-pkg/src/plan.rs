@@ -324,13 +324,24 @@ pub fn desired(q: &Qube) -> BTreeMap<String, Val> {
         s.insert(format!("t:{t}"), Some(String::new()));
     }
     if let Some(fw) = &q.firewall {
-        let rules: Vec<String> = fw.iter().map(|r| r.to_wire()).collect();
+        let rules: Vec<String> = fw.iter().map(|r| firewall_rule(&r.to_wire())).collect();
         s.insert("fw".to_owned(), Some(rules.join("\n")));
     }
     for (v, size) in &q.volumes {
         s.insert(format!("v:{v}"), Some(size.to_string()));
     }
     s
+}
+
+/// A firewall rule as qubesd prints it back (a single port `N` as `N-N`).
+pub fn firewall_rule(wire: &str) -> String {
+    wire.split(' ')
+        .map(|tok| match tok.strip_prefix("dstports=") {
+            Some(p) if !p.contains('-') => format!("dstports={p}-{p}"),
+            _ => tok.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Whether changing this key needs the qube halted.

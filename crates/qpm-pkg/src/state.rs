@@ -16,15 +16,7 @@ use crate::record::{RECORD_FEATURE, Record};
 /// tag).
 pub type Val = Option<String>;
 
-/// The tag marking a package's qubes.
-pub fn package_tag(package: &str) -> String {
-    format!("qpm-pkg-{package}")
-}
-
-/// The tag qubesd puts on qubes a qube created.
-pub fn created_by_tag(mgmt: &str) -> String {
-    format!("created-by-{mgmt}")
-}
+pub use crate::names::{created_by_tag, package_tag};
 
 /// What was read about one qube.
 #[derive(Debug, Clone, Default)]
