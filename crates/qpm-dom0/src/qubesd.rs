@@ -110,7 +110,8 @@ impl Qubesd {
             let mut d = Domain::new(name.clone(), class);
             if tags.iter().any(|t| t.starts_with("qpm-pkg-")) {
                 // templates and disposables have no `template_for_dispvms`
-                let v = match self.call("admin.vm.property.Get", &name, "template_for_dispvms", b"") {
+                let v = match self.call("admin.vm.property.Get", &name, "template_for_dispvms", b"")
+                {
                     Ok(v) => v,
                     Err(e) if e.class == "QubesNoSuchPropertyError" => String::new(),
                     Err(e) => return Err(e),

@@ -66,10 +66,9 @@ pub fn apply(client: &Client, plan: &Plan, obs: &dyn Observer) -> Vec<Outcome> {
                         // skip steps whose dependencies failed
                         let ready = (0..n).find(|&i| {
                             !g.started[i]
-                                && plan.steps[i]
-                                    .deps
-                                    .iter()
-                                    .all(|&d| g.outcome.get(d).is_some_and(|o| *o == Some(Outcome::Done)))
+                                && plan.steps[i].deps.iter().all(|&d| {
+                                    g.outcome.get(d).is_some_and(|o| *o == Some(Outcome::Done))
+                                })
                         });
                         if let Some(i) = ready {
                             g.started[i] = true;

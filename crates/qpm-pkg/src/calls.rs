@@ -41,11 +41,22 @@ impl Counts {
 /// changes something in dom0.
 pub fn is_write(method: &str) -> bool {
     const WRITE_SUFFIXES: &[&str] = &[
-        ".Set", ".Remove", ".Reset", ".Resize", ".CloneTo", ".Start", ".Shutdown", ".Kill",
-        ".Pause", ".Unpause", ".Reload", ".Replace",
+        ".Set",
+        ".Remove",
+        ".Reset",
+        ".Resize",
+        ".CloneTo",
+        ".Start",
+        ".Shutdown",
+        ".Kill",
+        ".Pause",
+        ".Unpause",
+        ".Reload",
+        ".Replace",
     ];
     method.starts_with("admin.vm.Create")
         || method == "qpm.PolicySubmit"
+        || method == "qpm.PolicyRemove"
         || WRITE_SUFFIXES.iter().any(|s| method.ends_with(s))
 }
 

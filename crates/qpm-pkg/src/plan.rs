@@ -470,11 +470,7 @@ fn order(m: &Manifest) -> Result<Vec<String>, Error> {
 
 /// Checks made before any change: ownership of every name, base qubes
 /// present. Returns the qubes to adopt (tag).
-fn check_names(
-    m: &Manifest,
-    actual: &Actual,
-    opts: &Options,
-) -> Result<BTreeSet<String>, Error> {
+fn check_names(m: &Manifest, actual: &Actual, opts: &Options) -> Result<BTreeSet<String>, Error> {
     let mut problems = Vec::new();
     let mut adopt = BTreeSet::new();
     let ptag = package_tag(&m.name);
@@ -592,7 +588,9 @@ pub fn plan_apply(
         .collect();
 
     for name in order(m)? {
-        let Some(q) = m.qubes.get(&name) else { continue };
+        let Some(q) = m.qubes.get(&name) else {
+            continue;
+        };
         let exists = actual.exists(&name);
         let state = actual.qubes.get(&name);
         let record = state
@@ -613,11 +611,7 @@ pub fn plan_apply(
                 }
             }
             if adopt.contains(&name) {
-                let t = plan.push(
-                    Some(&name),
-                    Op::TagPackage { tag: ptag.clone() },
-                    vec![],
-                );
+                let t = plan.push(Some(&name), Op::TagPackage { tag: ptag.clone() }, vec![]);
                 mine.push(t);
                 base.push(t);
             }
@@ -639,13 +633,16 @@ pub fn plan_apply(
                 },
                 deps,
             );
-            let t = plan.push(
-                Some(&name),
-                Op::TagPackage { tag: ptag.clone() },
-                vec![c],
-            );
+            let t = plan.push(Some(&name), Op::TagPackage { tag: ptag.clone() }, vec![c]);
             mine.extend([c, t]);
             base.push(t);
+        }
+        // a qube created by an interrupted run has no record yet: its
+        // volumes are copied again (the record is written last)
+        let incomplete = exists
+            && record.is_none()
+            && (opts.created_by_us.contains(&name) || state.is_some_and(|s| s.has_tag(&ptag)));
+        if !exists || incomplete {
             let copy_from = match q.class {
                 QubeClass::TemplateVM | QubeClass::StandaloneVM => {
                     q.clone.clone().map(|s| (s, "root"))
@@ -938,7 +935,11 @@ pub fn plan_remove(
         .filter_map(|n| actual.qubes.get(*n).and_then(|q| q.record()))
         .map(|r| r.version)
         .collect();
-    let mut plan = Plan::new(package, versions.iter().next_back().cloned(), Action::Remove);
+    let mut plan = Plan::new(
+        package,
+        versions.iter().next_back().cloned(),
+        Action::Remove,
+    );
     plan.installed = versions.into_iter().collect();
     let policy_now = actual.policy.clone().flatten();
     if qubes.is_empty() && policy_now.is_none() {
@@ -1029,7 +1030,10 @@ pub fn plan_remove(
                 next.push(n);
                 continue;
             }
-            let mut deps: Vec<usize> = referrers.iter().filter_map(|r| removed.get(*r).copied()).collect();
+            let mut deps: Vec<usize> = referrers
+                .iter()
+                .filter_map(|r| removed.get(*r).copied())
+                .collect();
             deps.extend(pol);
             if actual.power(&n) != "Halted" {
                 if opts.shutdown {
@@ -1053,7 +1057,11 @@ pub fn plan_remove(
     }
     for (n, why) in &kept {
         let mut deps: Vec<usize> = pol.into_iter().collect();
-        if actual.qubes.get(n).is_some_and(|q| q.features.get(RECORD_FEATURE).is_some_and(Option::is_some)) {
+        if actual
+            .qubes
+            .get(n)
+            .is_some_and(|q| q.features.get(RECORD_FEATURE).is_some_and(Option::is_some))
+        {
             let f = plan.push(
                 Some(n),
                 Op::RemoveFeature {

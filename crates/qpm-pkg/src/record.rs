@@ -65,9 +65,12 @@ mod tests {
             version: "1.0.0".into(),
             qubes: vec!["a".into()],
             data: true,
-            settings: [("p:netvm".to_owned(), None), ("t:x".to_owned(), Some(String::new()))]
-                .into_iter()
-                .collect(),
+            settings: [
+                ("p:netvm".to_owned(), None),
+                ("t:x".to_owned(), Some(String::new())),
+            ]
+            .into_iter()
+            .collect(),
         };
         let s = r.encode();
         assert!(!s.contains(' ') && !s.contains('\n'));

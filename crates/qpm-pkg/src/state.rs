@@ -121,7 +121,10 @@ pub fn policy_file(package: &str) -> String {
 pub fn read_policy(client: &Client, package: &str) -> Result<(Option<String>, bool), Error> {
     let out = client.call_service("dom0", &format!("qpm.PolicyGet+{package}"), b"")?;
     match out.status {
-        0 => Ok((Some(String::from_utf8_lossy(&out.stdout).into_owned()), true)),
+        0 => Ok((
+            Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+            true,
+        )),
         1 => Ok((None, true)),
         _ => match client.policy_get(&policy_file(package), false) {
             Ok((_, body)) => Ok((Some(String::from_utf8_lossy(&body).into_owned()), false)),

@@ -277,9 +277,7 @@ pub(crate) fn admin(ctx: &Ctx) -> Result<Client> {
 /// The Admin API client wrapped so that every call is counted (reads,
 /// writes); `QPM_TEST_CRASH_AFTER=N` aborts the process right after the
 /// N-th mutating call (the crash tests).
-pub(crate) fn admin_counted(
-    ctx: &Ctx,
-) -> Result<(Client, std::sync::Arc<qpm_pkg::calls::Counts>)> {
+pub(crate) fn admin_counted(ctx: &Ctx) -> Result<(Client, std::sync::Arc<qpm_pkg::calls::Counts>)> {
     use qpm_admin::transport::Transport;
     use std::sync::Arc;
     let inner: Arc<dyn Transport> = match route(ctx)? {
@@ -316,8 +314,9 @@ pub(crate) fn mgmt_name(ctx: &Ctx) -> Result<String> {
             {
                 return Ok(q);
             }
-            let h = std::fs::read_to_string("/etc/hostname")
-                .context("reading /etc/hostname to learn the management qube's name (or set QPM_MGMT)")?;
+            let h = std::fs::read_to_string("/etc/hostname").context(
+                "reading /etc/hostname to learn the management qube's name (or set QPM_MGMT)",
+            )?;
             h.trim().to_owned()
         }
     })

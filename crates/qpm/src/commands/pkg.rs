@@ -152,7 +152,10 @@ fn open_package(ctx: &Ctx, arg: &str) -> Result<qpm_repo::PackageDir> {
         .with_context(|| format!("`{arg}` is not a path; looking it up in the repositories"))?;
     note(
         ctx,
-        &format!("{} {} from repository `{}`", r.entry.name, r.entry.version, r.repo),
+        &format!(
+            "{} {} from repository `{}`",
+            r.entry.name, r.entry.version, r.repo
+        ),
     );
     Ok(c.fetch(&r, &mut |_, _| {})?)
 }
@@ -162,7 +165,8 @@ fn policy_text(dir: &Path, m: &Manifest) -> Result<String> {
     let mut s = String::new();
     for f in &m.policy_files {
         let p = dir.join(f);
-        let t = std::fs::read_to_string(&p).with_context(|| format!("reading `{}`", p.display()))?;
+        let t =
+            std::fs::read_to_string(&p).with_context(|| format!("reading `{}`", p.display()))?;
         if !s.is_empty() && !s.ends_with('\n') {
             s.push('\n');
         }
@@ -199,7 +203,11 @@ fn check_requires(client: &Client, actual: &mut Actual, m: &Manifest, mgmt: &str
     if m.requires.is_empty() {
         return Ok(());
     }
-    let tags: BTreeSet<Read> = actual.listed.keys().map(|n| Read::Tags(n.clone())).collect();
+    let tags: BTreeSet<Read> = actual
+        .listed
+        .keys()
+        .map(|n| Read::Tags(n.clone()))
+        .collect();
     actual.read(client, tags)?;
     let pkgs = actual.packages(mgmt);
     let mut records = BTreeSet::new();
@@ -221,13 +229,20 @@ fn check_requires(client: &Client, actual: &mut Actual, m: &Manifest, mgmt: &str
             .collect();
         if !versions.iter().any(|v| r.version.matches(v)) {
             missing.push(if versions.is_empty() {
-                format!("requires package `{}` ({}), which is not installed", r.name, r.version)
+                format!(
+                    "requires package `{}` ({}), which is not installed",
+                    r.name, r.version
+                )
             } else {
                 format!(
                     "requires package `{}` {}, installed: {}",
                     r.name,
                     r.version,
-                    versions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    versions
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             });
         }
@@ -292,7 +307,9 @@ fn print_plan(ctx: &Ctx, plan: &Plan) {
             "  keeps your change: {} {} = {}",
             c.qube,
             c.key,
-            c.yours.as_deref().map_or("(default)".into(), |v| format!("{v:?}"))
+            c.yours
+                .as_deref()
+                .map_or("(default)".into(), |v| format!("{v:?}"))
         );
     }
     for c in &plan.user_changes_overridden {
@@ -300,8 +317,12 @@ fn print_plan(ctx: &Ctx, plan: &Plan) {
             "  overrides your change: {} {} = {} (package: {})",
             c.qube,
             c.key,
-            c.yours.as_deref().map_or("(default)".into(), |v| format!("{v:?}")),
-            c.package.as_deref().map_or("(default)".into(), |v| format!("{v:?}"))
+            c.yours
+                .as_deref()
+                .map_or("(default)".into(), |v| format!("{v:?}")),
+            c.package
+                .as_deref()
+                .map_or("(default)".into(), |v| format!("{v:?}"))
         );
     }
 }
@@ -496,9 +517,7 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
         Mode::Upgrade if plan.installed.is_empty() => {
             bail!("package `{}` is not installed; use `qpm install`", m.name)
         }
-        Mode::Install
-            if plan.action == Action::Upgrade && !plan.installed.contains(&version) =>
-        {
+        Mode::Install if plan.action == Action::Upgrade && !plan.installed.contains(&version) => {
             bail!(
                 "package `{}` {} is installed; use `qpm upgrade` to go to {version}",
                 m.name,
@@ -510,7 +529,11 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
     print_plan(ctx, &plan);
     let Some(sd) = sd else {
         if ctx.json {
-            print_json(&summary(&plan, &counts, json!({"result": "planned", "dry_run": true})))?;
+            print_json(&summary(
+                &plan,
+                &counts,
+                json!({"result": "planned", "dry_run": true}),
+            ))?;
         }
         return Ok(Status::Success);
     };
@@ -532,10 +555,7 @@ fn read_installed(client: &Client, package: &str, mgmt: &str) -> Result<(Actual,
         .collect();
     reads.insert(Read::Policy(package.to_owned()));
     actual.read(client, reads)?;
-    let qubes = actual
-        .packages(mgmt)
-        .remove(package)
-        .unwrap_or_default();
+    let qubes = actual.packages(mgmt).remove(package).unwrap_or_default();
     let mut reads = BTreeSet::new();
     for q in &qubes {
         reads.insert(Read::Props(q.clone()));
@@ -550,8 +570,9 @@ fn package_name(ctx: &Ctx, arg: &str) -> Result<(String, Option<qpm_repo::Packag
         let pd = open_package(ctx, arg)?;
         Ok((pd.manifest.name.clone(), Some(pd)))
     } else {
-        qpm_pkg::names::package_name_error(arg)
-            .map_or(Ok(()), |e| Err(anyhow::anyhow!("invalid package name `{arg}`: {e}")))?;
+        qpm_pkg::names::package_name_error(arg).map_or(Ok(()), |e| {
+            Err(anyhow::anyhow!("invalid package name `{arg}`: {e}"))
+        })?;
         Ok((arg.to_owned(), None))
     }
 }
@@ -607,7 +628,11 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
     print_plan(ctx, &plan);
     let Some(sd) = sd else {
         if ctx.json {
-            print_json(&summary(&plan, &counts, json!({"result": "planned", "dry_run": true})))?;
+            print_json(&summary(
+                &plan,
+                &counts,
+                json!({"result": "planned", "dry_run": true}),
+            ))?;
         }
         return Ok(Status::Success);
     };
@@ -669,7 +694,8 @@ fn list_cmd(ctx: &Ctx) -> Result<Status> {
 }
 
 fn show(v: &Option<String>) -> String {
-    v.as_deref().map_or("(default)".to_owned(), |s| format!("{s:?}"))
+    v.as_deref()
+        .map_or("(default)".to_owned(), |s| format!("{s:?}"))
 }
 
 /// `status` (drift against what was applied) and `verify` (against the
@@ -702,8 +728,15 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
                 if let Some(fw) = &want.firewall
                     && actual.exists(q)
                 {
-                    let rules: Vec<String> = fw.iter().map(|r| plan::firewall_rule(&r.to_wire())).collect();
-                    let got: Vec<String> = client.firewall(q)?.iter().map(|r| plan::firewall_rule(r)).collect();
+                    let rules: Vec<String> = fw
+                        .iter()
+                        .map(|r| plan::firewall_rule(&r.to_wire()))
+                        .collect();
+                    let got: Vec<String> = client
+                        .firewall(q)?
+                        .iter()
+                        .map(|r| plan::firewall_rule(r))
+                        .collect();
                     if got != rules {
                         diffs.push(json!({"qube": q, "key": "fw", "difference": format!("{q}: firewall differs from the package ({} rules, package {})", got.len(), rules.len())}));
                     }
@@ -729,7 +762,9 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
             actual.read(&client, reads)?;
             let mut expected_qubes = BTreeSet::new();
             for q in &qubes {
-                let Some(st) = actual.qubes.get(q) else { continue };
+                let Some(st) = actual.qubes.get(q) else {
+                    continue;
+                };
                 let Some(rec) = st.record() else {
                     diffs.push(json!({"qube": q, "difference": format!("{q}: no record of what the package applied (an interrupted run? re-run install)")}));
                     continue;
@@ -737,8 +772,16 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
                 expected_qubes.extend(rec.qubes.iter().cloned());
                 for (k, want) in &rec.settings {
                     let got = if k == "fw" {
-                        let r: Vec<String> = client.firewall(q)?.iter().map(|r| plan::firewall_rule(r)).collect();
-                        Some(if r.is_empty() { None } else { Some(r.join("\n")) })
+                        let r: Vec<String> = client
+                            .firewall(q)?
+                            .iter()
+                            .map(|r| plan::firewall_rule(r))
+                            .collect();
+                        Some(if r.is_empty() {
+                            None
+                        } else {
+                            Some(r.join("\n"))
+                        })
                     } else {
                         st.value(k)
                     };
@@ -754,14 +797,25 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
                 }
             }
             if verify && actual.policy.clone().flatten().is_none() {
-                diffs.push(json!({"qube": null, "difference": "the package's policy is not installed"}));
+                diffs.push(
+                    json!({"qube": null, "difference": "the package's policy is not installed"}),
+                );
             }
         }
     }
     if ctx.json {
-        print_json(&json!({"package": name, "clean": diffs.is_empty(), "differences": diffs, "calls": counts.to_json()}))?;
+        print_json(
+            &json!({"package": name, "clean": diffs.is_empty(), "differences": diffs, "calls": counts.to_json()}),
+        )?;
     } else if diffs.is_empty() {
-        println!("{name}: matches {}", if pd.is_some() && verify { "the package" } else { "what was applied" });
+        println!(
+            "{name}: matches {}",
+            if pd.is_some() && verify {
+                "the package"
+            } else {
+                "what was applied"
+            }
+        );
     } else {
         for d in &diffs {
             println!("{}", d["difference"].as_str().unwrap_or(""));
