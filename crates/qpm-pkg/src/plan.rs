@@ -778,6 +778,7 @@ pub fn plan_apply(
             mine.push(id);
         }
         let rec_new = Record {
+            qube: name.clone(),
             package: m.name.clone(),
             version: version.clone(),
             qubes: qube_names.clone(),

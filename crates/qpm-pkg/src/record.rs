@@ -22,6 +22,10 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// What the package applied to one qube.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The qube it describes (a disposable inherits its template's features,
+    /// so a record copied from elsewhere must not count).
+    #[serde(rename = "n")]
+    pub qube: String,
     /// Package name.
     #[serde(rename = "p")]
     pub package: String,
@@ -61,6 +65,7 @@ mod tests {
     #[test]
     fn round_trip_and_rejects() {
         let r = Record {
+            qube: "a".into(),
             package: "p".into(),
             version: "1.0.0".into(),
             qubes: vec!["a".into()],

@@ -21,6 +21,8 @@ pub use crate::names::{created_by_tag, package_tag};
 /// What was read about one qube.
 #[derive(Debug, Clone, Default)]
 pub struct QubeState {
+    /// Its name.
+    pub name: Option<String>,
     /// Properties (`GetAll`), if read.
     pub props: Option<BTreeMap<String, Property>>,
     /// Tags, if read.
@@ -30,12 +32,13 @@ pub struct QubeState {
 }
 
 impl QubeState {
-    /// The `qpm.applied` record, when read and valid.
+    /// The `qpm.applied` record, when read, valid and about this qube.
     pub fn record(&self) -> Option<Record> {
         self.features
             .get(RECORD_FEATURE)
             .and_then(|v| v.as_deref())
             .and_then(Record::decode)
+            .filter(|r| Some(&r.qube) == self.name.as_ref())
     }
 
     /// Whether it carries `tag`.
@@ -186,7 +189,12 @@ impl Actual {
             }))
         });
         for r in results {
-            match r? {
+            let r = r?;
+            if let Some(Got::Props(q, _) | Got::Tags(q, _) | Got::Feature(q, _, _)) = &r {
+                let e = self.qubes.entry(q.clone()).or_default();
+                e.name = Some(q.clone());
+            }
+            match r {
                 None => {}
                 Some(Got::Props(q, p)) => self.qubes.entry(q).or_default().props = Some(p),
                 Some(Got::Tags(q, t)) => self.qubes.entry(q).or_default().tags = Some(t),

@@ -36,7 +36,11 @@ impl Env {
     fn new() -> Self {
         let sim = SimDir::new();
         let out = sim.qpm(None).args(["sim", "start"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self {
             sim,
             state: tempfile::tempdir().unwrap(),
@@ -70,7 +74,10 @@ impl Env {
 
     /// A client acting as `caller` (dom0 skips policy).
     fn client(&self, caller: &str) -> Client {
-        Client::new(Simulator::new(self.sim.path().join("run/qrexec.sock"), caller))
+        Client::new(Simulator::new(
+            self.sim.path().join("run/qrexec.sock"),
+            caller,
+        ))
     }
 
     fn state_json(&self) -> Vec<u8> {
@@ -82,9 +89,24 @@ impl Env {
     /// tags, features and firewall; and the package policy files.
     fn dump(&self) -> BTreeMap<String, Value> {
         const VOLATILE: &[&str] = &[
-            "uuid", "qid", "ip", "ip6", "mac", "xid", "start_time", "backup_timestamp",
-            "visible_ip", "visible_ip6", "visible_gateway", "visible_gateway6", "gateway",
-            "gateway6", "stubdom_uuid", "stubdom_xid", "stubdom_mem",
+            "uuid",
+            "qid",
+            "ip",
+            "ip6",
+            "mac",
+            "xid",
+            "start_time",
+            "backup_timestamp",
+            "visible_ip",
+            "visible_ip6",
+            "visible_gateway",
+            "visible_gateway6",
+            "gateway",
+            "gateway6",
+            "dispid",
+            "stubdom_uuid",
+            "stubdom_xid",
+            "stubdom_mem",
         ];
         let c = self.client("dom0");
         let mut out = BTreeMap::new();
@@ -97,7 +119,12 @@ impl Env {
                 .unwrap()
                 .into_iter()
                 .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
-                .map(|(k, v)| (k, format!("{}{}", if v.is_default { "D:" } else { "" }, v.value)))
+                .map(|(k, v)| {
+                    (
+                        k,
+                        format!("{}{}", if v.is_default { "D:" } else { "" }, v.value),
+                    )
+                })
                 .collect();
             let mut tags = c.tags(&q.name).unwrap();
             tags.sort();
@@ -216,10 +243,18 @@ fn upgrade_renames_and_remove_keeps_data_unless_purge() {
     assert_eq!(v["action"], "upgrade");
     assert_eq!(v["result"], "ok");
     let c = env.client("dom0");
-    let names: Vec<String> = c.list_qubes().unwrap().into_iter().map(|q| q.name).collect();
+    let names: Vec<String> = c
+        .list_qubes()
+        .unwrap()
+        .into_iter()
+        .map(|q| q.name)
+        .collect();
     assert!(names.contains(&"sd-tor".to_owned()));
     assert!(!names.contains(&"sd-whonix".to_owned()));
-    assert_eq!(c.property(Some("sd-proxy"), "netvm").unwrap().value, "sd-tor");
+    assert_eq!(
+        c.property(Some("sd-proxy"), "netvm").unwrap().value,
+        "sd-tor"
+    );
     // the policy file is the new version's text
     let m = manifest("securedrop-ws", "2.0.0");
     let mut want = String::new();
@@ -243,12 +278,29 @@ fn upgrade_renames_and_remove_keeps_data_unless_purge() {
         .iter()
         .map(|k| k["qube"].as_str().unwrap())
         .collect();
-    assert!(kept.contains(&"sd-app") && kept.contains(&"sd-small"), "{kept:?}");
-    assert!(!env.sim.path().join("policy.d/40-qpm-securedrop-ws.policy").exists());
-    let names: Vec<String> = c.list_qubes().unwrap().into_iter().map(|q| q.name).collect();
+    assert!(
+        kept.contains(&"sd-app") && kept.contains(&"sd-small"),
+        "{kept:?}"
+    );
+    assert!(
+        !env.sim
+            .path()
+            .join("policy.d/40-qpm-securedrop-ws.policy")
+            .exists()
+    );
+    let names: Vec<String> = c
+        .list_qubes()
+        .unwrap()
+        .into_iter()
+        .map(|q| q.name)
+        .collect();
     assert!(names.contains(&"sd-app".to_owned()));
     assert!(!names.contains(&"sd-proxy".to_owned()));
-    assert!(!c.tags("sd-app").unwrap().contains(&"qpm-pkg-securedrop-ws".to_owned()));
+    assert!(
+        !c.tags("sd-app")
+            .unwrap()
+            .contains(&"qpm-pkg-securedrop-ws".to_owned())
+    );
     let v = env.json(&["list"], 0);
     assert_eq!(v["packages"].as_array().unwrap().len(), 0);
     // re-installing finds the kept qubes: refused without --adopt
@@ -282,7 +334,8 @@ fn user_changes_are_kept_and_conflicts_need_a_decision() {
     let mgmt = env.client("mgmt");
     // the user raises sd-gpg's memory (the package does not set it in 2.0.0
     // either) and points sd-proxy elsewhere (2.0.0 changes its netvm)
-    mgmt.set_property(Some("sd-log"), "autostart", "False").unwrap();
+    mgmt.set_property(Some("sd-log"), "autostart", "False")
+        .unwrap();
     mgmt.set_property(Some("sd-proxy"), "netvm", "").unwrap();
 
     let v = env.json(&["status", "securedrop-ws"], 0);
@@ -291,7 +344,13 @@ fn user_changes_are_kept_and_conflicts_need_a_decision() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| format!("{}:{}", d["qube"].as_str().unwrap(), d["key"].as_str().unwrap()))
+        .map(|d| {
+            format!(
+                "{}:{}",
+                d["qube"].as_str().unwrap(),
+                d["key"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(keys, ["sd-log:p:autostart", "sd-proxy:p:netvm"]);
     // verify against the package: exit 1
@@ -308,14 +367,20 @@ fn user_changes_are_kept_and_conflicts_need_a_decision() {
     let out = env.run(&["upgrade", &v2]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sd-proxy: p:netvm") && err.contains("--keep-mine"), "{err}");
+    assert!(
+        err.contains("sd-proxy: p:netvm") && err.contains("--keep-mine"),
+        "{err}"
+    );
     assert_eq!(env.state_json(), before, "nothing changed");
 
     let v = env.json(&["upgrade", "--keep-mine", &v2], 0);
     assert_eq!(v["result"], "ok");
     let c = env.client("dom0");
     assert_eq!(c.property(Some("sd-proxy"), "netvm").unwrap().value, "");
-    assert_eq!(c.property(Some("sd-log"), "autostart").unwrap().value, "False");
+    assert_eq!(
+        c.property(Some("sd-log"), "autostart").unwrap().value,
+        "False"
+    );
     let v = env.json(&["install", &v2], 0);
     assert_eq!(calls(&v).1, 0);
 
@@ -324,13 +389,20 @@ fn user_changes_are_kept_and_conflicts_need_a_decision() {
     let env = Env::new();
     env.json(&["install", &v1], 0);
     let mgmt = env.client("mgmt");
-    mgmt.set_property(Some("sd-log"), "autostart", "False").unwrap();
+    mgmt.set_property(Some("sd-log"), "autostart", "False")
+        .unwrap();
     mgmt.set_property(Some("sd-proxy"), "netvm", "").unwrap();
     let v = env.json(&["upgrade", "--take-package", &v2], 0);
     assert_eq!(v["user_changes_overridden"][0]["key"], "p:netvm");
     let c = env.client("dom0");
-    assert_eq!(c.property(Some("sd-proxy"), "netvm").unwrap().value, "sd-tor");
-    assert_eq!(c.property(Some("sd-log"), "autostart").unwrap().value, "False");
+    assert_eq!(
+        c.property(Some("sd-proxy"), "netvm").unwrap().value,
+        "sd-tor"
+    );
+    assert_eq!(
+        c.property(Some("sd-log"), "autostart").unwrap().value,
+        "False"
+    );
 }
 
 /// Writes a package directory from a manifest text (and an optional policy).
@@ -397,8 +469,16 @@ fn bad_input_is_refused_before_any_call() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {err}");
         assert!(err.contains(needle), "{name}: {err}");
-        assert_eq!(env.state_json(), before, "{name}: the simulated dom0 changed");
-        let out = env.cmd().args(["--json", "install", &pkg]).output().unwrap();
+        assert_eq!(
+            env.state_json(),
+            before,
+            "{name}: the simulated dom0 changed"
+        );
+        let out = env
+            .cmd()
+            .args(["--json", "install", &pkg])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{name}");
         assert!(out.stdout.is_empty(), "{name}: no summary on a refusal");
     }
@@ -408,24 +488,36 @@ fn bad_input_is_refused_before_any_call() {
         .unwrap();
     let pkg = package(
         &tmp.path().join("adopt"),
-        &format!("{head}[qubes.bad-a]\nclass = \"AppVM\"\ntemplate = \"debian-13-xfce\"\nlabel = \"blue\"\n"),
+        &format!(
+            "{head}[qubes.bad-a]\nclass = \"AppVM\"\ntemplate = \"debian-13-xfce\"\nlabel = \"blue\"\n"
+        ),
         Some("bad.Svc * bad-a bad-a allow\n"),
     );
     let out = env.run(&["install", &pkg]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--adopt"));
     env.json(&["install", "--adopt", &pkg], 0);
-    assert!(mgmt.tags("bad-a").unwrap().contains(&"qpm-pkg-bad".to_owned()));
+    assert!(
+        mgmt.tags("bad-a")
+            .unwrap()
+            .contains(&"qpm-pkg-bad".to_owned())
+    );
     assert_eq!(mgmt.property(Some("bad-a"), "label").unwrap().value, "blue");
     // a policy the gatekeeper rejects: the run fails (exit 2), names the rule
     let pkg = package(
         &tmp.path().join("adopt"),
-        &format!("{head}[qubes.bad-a]\nclass = \"AppVM\"\ntemplate = \"debian-13-xfce\"\nlabel = \"blue\"\n[policy]\nfiles = [\"policy/p.policy\"]\n"),
+        &format!(
+            "{head}[qubes.bad-a]\nclass = \"AppVM\"\ntemplate = \"debian-13-xfce\"\nlabel = \"blue\"\n[policy]\nfiles = [\"policy/p.policy\"]\n"
+        ),
         Some("bad.Svc * bad-a work allow\n"),
     );
     let out = env.run(&["install", &pkg]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("R"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("R"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -461,11 +553,24 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
             .env("QPM_TEST_CRASH_AFTER", n.to_string())
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{args:?} did not crash after write {n}");
+        assert!(
+            !out.status.success(),
+            "{args:?} did not crash after write {n}"
+        );
         let v = env.json(args, 0);
         assert_ne!(v["result"], "failed", "after a crash at {n}: {v}");
         let got = env.dump();
-        assert_eq!(got, want, "{args:?}: end state differs after a crash at write {n}");
+        let keys: std::collections::BTreeSet<&String> = want.keys().chain(got.keys()).collect();
+        let diff: Vec<String> = keys
+            .into_iter()
+            .filter(|k| want.get(*k) != got.get(*k))
+            .map(|k| format!("{k}: want {:?}\n got {:?}", want.get(k), got.get(k)))
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "{args:?}: end state differs after a crash at write {n}:\n{}",
+            diff.join("\n")
+        );
         let again = env.json(args, 0);
         assert_eq!(calls(&again).1, 0, "crash at {n}: not converged");
     }
