@@ -1083,3 +1083,6 @@ pub fn plan_remove(
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests;
