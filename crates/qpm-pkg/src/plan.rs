@@ -1024,7 +1024,7 @@ pub fn plan_remove(
             // n can go once every pending qube referring to n is scheduled
             let referrers: Vec<&String> = qubes
                 .iter()
-                .filter(|o| !kept.contains_key(**o) && refs_of(o).iter().any(|r| *r == n))
+                .filter(|o| !kept.contains_key(**o) && refs_of(o).contains(&n))
                 .copied()
                 .collect();
             if referrers.iter().any(|r| !removed.contains_key(*r)) {

@@ -1,10 +1,9 @@
 //! Package commands: `qpm install|upgrade|remove|plan|list|status|verify|history`.
 //! They are top-level commands (flattened into the root command).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -712,7 +711,7 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
             let policy = policy_text(pd.path(), m)?;
             let actual = read_for_apply(&client, m, &mgmt)?;
             let opts = Options {
-                mgmt: mgmt.clone(),
+                mgmt,
                 on_conflict: OnConflict::TakePackage,
                 ..Options::default()
             };
@@ -834,9 +833,7 @@ fn history_cmd(ctx: &Ctx, a: &StateArgs) -> Result<Status> {
         print_json(&json!({"history": entries}))?;
         return Ok(Status::Success);
     }
-    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &entries {
-        *by.entry(e.package.as_str()).or_default() += 1;
         println!(
             "{}  {:<8} {:<20} {:<10} {:<14} {} steps, {} reads, {} writes",
             qpm_repo::format_time(e.time),
@@ -849,6 +846,5 @@ fn history_cmd(ctx: &Ctx, a: &StateArgs) -> Result<Status> {
             e.calls.1
         );
     }
-    let _ = Arc::new(());
     Ok(Status::Success)
 }
