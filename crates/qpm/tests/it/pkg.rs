@@ -598,3 +598,37 @@ fn crash_after_every_call_securedrop_upgrade() {
         &["upgrade", &example("securedrop-ws", "2.0.0")],
     );
 }
+
+#[test]
+fn install_and_upgrade_by_name_from_a_repository() {
+    let env = Env::new();
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .current_dir(home.path())
+            .env("QPM_HOME", home.path().join("home"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "qpm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    run(&["key", "generate", "-o", "k"]);
+    let pkgs = repo().join("examples/dangerzone");
+    run(&["repo", "build", "pub", "--key", "k.key", &pkgs.display().to_string()]);
+    run(&["repo", "add", "usb", "pub", "--key", "k.pub"]);
+    run(&["update"]);
+    run(&["install", "dangerzone@1.0.0"]);
+    let v = env.json(&["list"], 0);
+    assert_eq!(v["packages"][0]["versions"][0], "1.0.0");
+    run(&["upgrade", "dangerzone"]);
+    let v = env.json(&["list"], 0);
+    assert_eq!(v["packages"][0]["name"], "dangerzone");
+    assert_eq!(v["packages"][0]["versions"][0], "2.0.0");
+    env.json(&["verify", &example("dangerzone", "2.0.0")], 0);
+}
