@@ -159,7 +159,7 @@ pub fn run_step(client: &Client, package: &str, step: &Step) -> Result<(), Error
                     wait: true,
                 },
             ),
-            &[ExceptionKind::VmNotRunning],
+            &[ExceptionKind::VmNotRunning, ExceptionKind::VmNotStarted],
         )?,
         Op::Remove => tolerate(client.remove(q), &[ExceptionKind::VmNotFound]).map_err(|e| {
             if e.is(ExceptionKind::VmInUse) {

@@ -845,8 +845,19 @@ pub fn plan_apply(
         }
         if actual.power(old) != "Halted" {
             if opts.shutdown {
-                let s = plan.push(Some(old), Op::Shutdown, deps.clone());
-                plan.halt.push(old.clone());
+                // shut down once: it may already be for a volume copy
+                let existing = plan
+                    .steps
+                    .iter()
+                    .find(|s| s.qube.as_deref() == Some(old.as_str()) && s.op == Op::Shutdown)
+                    .map(|s| s.id);
+                let s = match existing {
+                    Some(s) => s,
+                    None => {
+                        plan.halt.push(old.clone());
+                        plan.push(Some(old), Op::Shutdown, deps.clone())
+                    }
+                };
                 deps.push(s);
             } else {
                 must_halt.push(old.clone());
@@ -856,6 +867,8 @@ pub fn plan_apply(
         plan.push(Some(old), Op::Remove, deps);
     }
     if !must_halt.is_empty() {
+        must_halt.sort();
+        must_halt.dedup();
         return Err(Error::MustHalt(must_halt));
     }
     if !actual.gatekeeper && !plan.steps.is_empty() {
@@ -1079,6 +1092,8 @@ pub fn plan_remove(
         });
     }
     if !must_halt.is_empty() {
+        must_halt.sort();
+        must_halt.dedup();
         return Err(Error::MustHalt(must_halt));
     }
     Ok(plan)

@@ -252,6 +252,30 @@ fn check_requires(client: &Client, actual: &mut Actual, m: &Manifest, mgmt: &str
     Ok(())
 }
 
+/// Whether the user can be asked (terminal on stdin and stderr, no `--json`).
+fn interactive(ctx: &Ctx) -> bool {
+    !ctx.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks how to resolve conflicts; `None`: abort.
+fn ask_conflict() -> Result<Option<OnConflict>> {
+    use std::io::Write;
+    loop {
+        eprint!("Keep yours (k), take the package's (p), or abort (a)? ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        match line.trim() {
+            "k" | "K" => return Ok(Some(OnConflict::KeepMine)),
+            "p" | "P" => return Ok(Some(OnConflict::TakePackage)),
+            "a" | "A" | "" => return Ok(None),
+            _ => {}
+        }
+    }
+}
+
 /// Reads what an install/upgrade plan of `m` needs.
 fn read_for_apply(client: &Client, m: &Manifest, mgmt: &str) -> Result<Actual> {
     let mut actual = Actual::list(client)?;
@@ -510,7 +534,23 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
             .map(|j| j.creating.clone())
             .unwrap_or_default(),
     };
-    let plan = plan::plan_apply(m, &policy, &actual, &opts)?;
+    let plan = match plan::plan_apply(m, &policy, &actual, &opts) {
+        Err(qpm_pkg::Error::Conflicts(c)) if interactive(ctx) => {
+            let err = qpm_pkg::Error::Conflicts(c);
+            eprintln!("{err}");
+            match ask_conflict()? {
+                Some(choice) => {
+                    let opts = Options {
+                        on_conflict: choice,
+                        ..opts
+                    };
+                    plan::plan_apply(m, &policy, &actual, &opts)?
+                }
+                None => return Err(err.into()),
+            }
+        }
+        r => r?,
+    };
     let version = m.version.to_string();
     match mode {
         Mode::Upgrade if plan.installed.is_empty() => {

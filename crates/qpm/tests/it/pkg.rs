@@ -632,3 +632,22 @@ fn install_and_upgrade_by_name_from_a_repository() {
     assert_eq!(v["packages"][0]["versions"][0], "2.0.0");
     env.json(&["verify", &example("dangerzone", "2.0.0")], 0);
 }
+
+#[test]
+fn running_qubes_are_shut_down_only_with_consent() {
+    let env = Env::new();
+    env.json(&["install", &example("securedrop-ws", "1.0.0")], 0);
+    let mgmt = env.client("mgmt");
+    mgmt.start("sd-whonix").unwrap();
+    // its data moves to sd-tor and it goes away: it must be halted
+    let before = env.state_json();
+    let out = env.run(&["upgrade", &example("securedrop-ws", "2.0.0")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shutdown") && err.contains("sd-whonix"), "{err}");
+    assert_eq!(env.state_json(), before);
+    let v = env.json(&["upgrade", "--shutdown", &example("securedrop-ws", "2.0.0")], 0);
+    assert_eq!(v["halt"], serde_json::json!(["sd-whonix"]));
+    let names: Vec<String> = mgmt.list_qubes().unwrap().into_iter().map(|q| q.name).collect();
+    assert!(!names.contains(&"sd-whonix".to_owned()));
+}
