@@ -651,3 +651,48 @@ fn running_qubes_are_shut_down_only_with_consent() {
     let names: Vec<String> = mgmt.list_qubes().unwrap().into_iter().map(|q| q.name).collect();
     assert!(!names.contains(&"sd-whonix".to_owned()));
 }
+
+#[test]
+fn without_the_gatekeeper_the_policy_goes_through_policy_replace() {
+    // a simulated dom0 never set up with qpm-dom0 init: the management
+    // qube has the simulator's bootstrap policy, with policy.Replace
+    let sim = SimDir::new();
+    let out = sim.sim().arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = Env {
+        sim,
+        state: tempfile::tempdir().unwrap(),
+    };
+    let pkg = example("dangerzone", "1.0.0");
+    let v = env.json(&["install", &pkg], 0);
+    assert_eq!(v["result"], "ok");
+    assert!(v["notes"][0].as_str().unwrap().contains("policy.Replace"), "{v}");
+    assert!(!env.sim.path().join("dom0/rpc/qpm.PolicySubmit").exists());
+    let m = manifest("dangerzone", "1.0.0");
+    let want = std::fs::read_to_string(Path::new(&pkg).join(&m.policy_files[0])).unwrap();
+    let got =
+        std::fs::read_to_string(env.sim.path().join("policy.d/40-qpm-dangerzone.policy")).unwrap();
+    assert_eq!(got, want);
+    let v = env.json(&["install", &pkg], 0);
+    assert_eq!(calls(&v).1, 0);
+    env.json(&["remove", "--purge", "dangerzone"], 0);
+    assert!(!env.sim.path().join("policy.d/40-qpm-dangerzone.policy").exists());
+}
+
+#[test]
+fn removal_is_refused_while_other_qubes_use_the_package() {
+    let env = Env::new();
+    env.json(&["install", &example("securedrop-ws", "1.0.0")], 0);
+    let mgmt = env.client("mgmt");
+    mgmt.create("AppVM", "other", "red", Some("debian-13-xfce"))
+        .unwrap();
+    mgmt.set_property(Some("other"), "netvm", "sd-whonix").unwrap();
+    let before = env.state_json();
+    let out = env.run(&["remove", "--purge", "securedrop-ws"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`other`.netvm is `sd-whonix`"), "{err}");
+    assert_eq!(env.state_json(), before);
+    mgmt.set_property(Some("other"), "netvm", "").unwrap();
+    env.json(&["remove", "--purge", "securedrop-ws"], 0);
+}
