@@ -620,7 +620,14 @@ fn install_and_upgrade_by_name_from_a_repository() {
     };
     run(&["key", "generate", "-o", "k"]);
     let pkgs = repo().join("examples/dangerzone");
-    run(&["repo", "build", "pub", "--key", "k.key", &pkgs.display().to_string()]);
+    run(&[
+        "repo",
+        "build",
+        "pub",
+        "--key",
+        "k.key",
+        &pkgs.display().to_string(),
+    ]);
     run(&["repo", "add", "usb", "pub", "--key", "k.pub"]);
     run(&["update"]);
     run(&["install", "dangerzone@1.0.0"]);
@@ -644,11 +651,22 @@ fn running_qubes_are_shut_down_only_with_consent() {
     let out = env.run(&["upgrade", &example("securedrop-ws", "2.0.0")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--shutdown") && err.contains("sd-whonix"), "{err}");
+    assert!(
+        err.contains("--shutdown") && err.contains("sd-whonix"),
+        "{err}"
+    );
     assert_eq!(env.state_json(), before);
-    let v = env.json(&["upgrade", "--shutdown", &example("securedrop-ws", "2.0.0")], 0);
+    let v = env.json(
+        &["upgrade", "--shutdown", &example("securedrop-ws", "2.0.0")],
+        0,
+    );
     assert_eq!(v["halt"], serde_json::json!(["sd-whonix"]));
-    let names: Vec<String> = mgmt.list_qubes().unwrap().into_iter().map(|q| q.name).collect();
+    let names: Vec<String> = mgmt
+        .list_qubes()
+        .unwrap()
+        .into_iter()
+        .map(|q| q.name)
+        .collect();
     assert!(!names.contains(&"sd-whonix".to_owned()));
 }
 
@@ -658,7 +676,11 @@ fn without_the_gatekeeper_the_policy_goes_through_policy_replace() {
     // qube has the simulator's bootstrap policy, with policy.Replace
     let sim = SimDir::new();
     let out = sim.sim().arg("init").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let env = Env {
         sim,
         state: tempfile::tempdir().unwrap(),
@@ -666,7 +688,10 @@ fn without_the_gatekeeper_the_policy_goes_through_policy_replace() {
     let pkg = example("dangerzone", "1.0.0");
     let v = env.json(&["install", &pkg], 0);
     assert_eq!(v["result"], "ok");
-    assert!(v["notes"][0].as_str().unwrap().contains("policy.Replace"), "{v}");
+    assert!(
+        v["notes"][0].as_str().unwrap().contains("policy.Replace"),
+        "{v}"
+    );
     assert!(!env.sim.path().join("dom0/rpc/qpm.PolicySubmit").exists());
     let m = manifest("dangerzone", "1.0.0");
     let want = std::fs::read_to_string(Path::new(&pkg).join(&m.policy_files[0])).unwrap();
@@ -676,7 +701,12 @@ fn without_the_gatekeeper_the_policy_goes_through_policy_replace() {
     let v = env.json(&["install", &pkg], 0);
     assert_eq!(calls(&v).1, 0);
     env.json(&["remove", "--purge", "dangerzone"], 0);
-    assert!(!env.sim.path().join("policy.d/40-qpm-dangerzone.policy").exists());
+    assert!(
+        !env.sim
+            .path()
+            .join("policy.d/40-qpm-dangerzone.policy")
+            .exists()
+    );
 }
 
 #[test]
@@ -686,7 +716,8 @@ fn removal_is_refused_while_other_qubes_use_the_package() {
     let mgmt = env.client("mgmt");
     mgmt.create("AppVM", "other", "red", Some("debian-13-xfce"))
         .unwrap();
-    mgmt.set_property(Some("other"), "netvm", "sd-whonix").unwrap();
+    mgmt.set_property(Some("other"), "netvm", "sd-whonix")
+        .unwrap();
     let before = env.state_json();
     let out = env.run(&["remove", "--purge", "securedrop-ws"]);
     assert_eq!(out.status.code(), Some(2));
