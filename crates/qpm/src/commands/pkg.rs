@@ -36,8 +36,9 @@ pub(crate) enum PkgCommand {
     /// Show what was changed by hand since the package was applied (drift).
     Status(NameArgs),
     /// Check that the installed state matches the package (exit 1 and the
-    /// differences otherwise).
-    Verify(NameArgs),
+    /// differences otherwise); without PKG, every installed package
+    /// against what was applied.
+    Verify(VerifyArgs),
     /// Show what qpm did, when (this management qube's log).
     History(StateArgs),
 }
@@ -99,6 +100,13 @@ pub(crate) struct NameArgs {
     package: String,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Package name (compare with what was applied), or a package
+    /// directory/archive (compare with that package).
+    package: Option<String>,
+}
+
 pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
     match cmd {
         PkgCommand::Install(a) => apply_cmd(ctx, &a, Mode::Install),
@@ -107,7 +115,10 @@ pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
         PkgCommand::Remove(a) => remove_cmd(ctx, &a),
         PkgCommand::List(_) => list_cmd(ctx),
         PkgCommand::Status(a) => status_cmd(ctx, &a, false),
-        PkgCommand::Verify(a) => status_cmd(ctx, &a, true),
+        PkgCommand::Verify(VerifyArgs { package: Some(p) }) => {
+            status_cmd(ctx, &NameArgs { package: p }, true)
+        }
+        PkgCommand::Verify(VerifyArgs { package: None }) => verify_all(ctx),
         PkgCommand::History(a) => history_cmd(ctx, &a),
     }
 }
@@ -782,65 +793,7 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
                 }
             }
         }
-        _ => {
-            let (mut actual, qubes) = read_installed(&client, &name, &mgmt)?;
-            if qubes.is_empty() {
-                return Err(qpm_pkg::Error::NotInstalled(name).into());
-            }
-            let mut reads = BTreeSet::new();
-            for q in &qubes {
-                reads.insert(Read::Tags(q.clone()));
-                if let Some(r) = actual.qubes.get(q).and_then(|s| s.record()) {
-                    for k in r.settings.keys() {
-                        if let Some(f) = k.strip_prefix("f:") {
-                            reads.insert(Read::Feature(q.clone(), f.to_owned()));
-                        }
-                    }
-                }
-            }
-            actual.read(&client, reads)?;
-            let mut expected_qubes = BTreeSet::new();
-            for q in &qubes {
-                let Some(st) = actual.qubes.get(q) else {
-                    continue;
-                };
-                let Some(rec) = st.record() else {
-                    diffs.push(json!({"qube": q, "difference": format!("{q}: no record of what the package applied (an interrupted run? re-run install)")}));
-                    continue;
-                };
-                expected_qubes.extend(rec.qubes.iter().cloned());
-                for (k, want) in &rec.settings {
-                    let got = if k == "fw" {
-                        let r: Vec<String> = client
-                            .firewall(q)?
-                            .iter()
-                            .map(|r| plan::firewall_rule(r))
-                            .collect();
-                        Some(if r.is_empty() {
-                            None
-                        } else {
-                            Some(r.join("\n"))
-                        })
-                    } else {
-                        st.value(k)
-                    };
-                    let Some(got) = got else { continue };
-                    if got != *want {
-                        diffs.push(json!({"qube": q, "key": k, "applied": want, "actual": got, "difference": format!("{q}: {k} is {}, the package applied {}", show(&got), show(want))}));
-                    }
-                }
-            }
-            for q in expected_qubes {
-                if !actual.exists(&q) {
-                    diffs.push(json!({"qube": q, "difference": format!("{q}: missing")}));
-                }
-            }
-            if verify && actual.policy.clone().flatten().is_none() {
-                diffs.push(
-                    json!({"qube": null, "difference": "the package's policy is not installed"}),
-                );
-            }
-        }
+        _ => diffs = drift(&client, &name, &mgmt, verify)?,
     }
     if ctx.json {
         print_json(
@@ -864,6 +817,106 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
         Status::Failure
     } else {
         Status::Success
+    })
+}
+
+/// Differences between a package's qubes and what was applied to them.
+fn drift(client: &Client, name: &str, mgmt: &str, verify: bool) -> Result<Vec<serde_json::Value>> {
+    let name = name.to_owned();
+    let mut diffs = Vec::new();
+    let (mut actual, qubes) = read_installed(client, &name, mgmt)?;
+    if qubes.is_empty() {
+        return Err(qpm_pkg::Error::NotInstalled(name).into());
+    }
+    let mut reads = BTreeSet::new();
+    for q in &qubes {
+        reads.insert(Read::Tags(q.clone()));
+        if let Some(r) = actual.qubes.get(q).and_then(|s| s.record()) {
+            for k in r.settings.keys() {
+                if let Some(f) = k.strip_prefix("f:") {
+                    reads.insert(Read::Feature(q.clone(), f.to_owned()));
+                }
+            }
+        }
+    }
+    actual.read(client, reads)?;
+    let mut expected_qubes = BTreeSet::new();
+    for q in &qubes {
+        let Some(st) = actual.qubes.get(q) else {
+            continue;
+        };
+        let Some(rec) = st.record() else {
+            diffs.push(json!({"qube": q, "difference": format!("{q}: no record of what the package applied (an interrupted run? re-run install)")}));
+            continue;
+        };
+        expected_qubes.extend(rec.qubes.iter().cloned());
+        for (k, want) in &rec.settings {
+            let got = if k == "fw" {
+                let r: Vec<String> = client
+                    .firewall(q)?
+                    .iter()
+                    .map(|r| plan::firewall_rule(r))
+                    .collect();
+                Some(if r.is_empty() {
+                    None
+                } else {
+                    Some(r.join("\n"))
+                })
+            } else {
+                st.value(k)
+            };
+            let Some(got) = got else { continue };
+            if got != *want {
+                diffs.push(json!({"qube": q, "key": k, "applied": want, "actual": got, "difference": format!("{q}: {k} is {}, the package applied {}", show(&got), show(want))}));
+            }
+        }
+    }
+    for q in expected_qubes {
+        if !actual.exists(&q) {
+            diffs.push(json!({"qube": q, "difference": format!("{q}: missing")}));
+        }
+    }
+    if verify && actual.policy.clone().flatten().is_none() {
+        diffs.push(json!({"qube": null, "difference": "the package's policy is not installed"}));
+    }
+    Ok(diffs)
+}
+
+/// `qpm verify` without a package: every installed package against what
+/// was applied.
+fn verify_all(ctx: &Ctx) -> Result<Status> {
+    let mgmt = connect::mgmt_name(ctx)?;
+    let (client, counts) = connect::admin_counted(ctx)?;
+    let mut actual = Actual::list(&client)?;
+    let reads: BTreeSet<Read> = actual
+        .listed
+        .keys()
+        .filter(|n| !qpm_pkg::names::is_dom0(n))
+        .map(|n| Read::Tags(n.clone()))
+        .collect();
+    actual.read(&client, reads)?;
+    let mut out = Vec::new();
+    let mut clean = true;
+    for p in actual.packages(&mgmt).keys() {
+        let d = drift(&client, p, &mgmt, true)?;
+        clean &= d.is_empty();
+        if !ctx.json {
+            if d.is_empty() {
+                println!("{p}: matches what was applied");
+            }
+            for x in &d {
+                println!("{p}: {}", x["difference"].as_str().unwrap_or(""));
+            }
+        }
+        out.push(json!({"package": p, "clean": d.is_empty(), "differences": d}));
+    }
+    if ctx.json {
+        print_json(&json!({"clean": clean, "packages": out, "calls": counts.to_json()}))?;
+    }
+    Ok(if clean {
+        Status::Success
+    } else {
+        Status::Failure
     })
 }
 

@@ -222,6 +222,9 @@ fn every_example_installs_reapplies_with_no_write_and_verifies() {
         .collect();
     assert_eq!(names, ["dangerzone", "securedrop-ws", "split-browser"]);
     assert_eq!(v["packages"][1]["versions"][0], "1.0.0");
+    let v = env.json(&["verify"], 0);
+    assert_eq!(v["clean"], true);
+    assert_eq!(v["packages"].as_array().unwrap().len(), 3);
     let h = env.json(&["history"], 0);
     assert_eq!(h["history"].as_array().unwrap().len(), 6);
 }
@@ -353,9 +356,14 @@ fn user_changes_are_kept_and_conflicts_need_a_decision() {
         })
         .collect();
     assert_eq!(keys, ["sd-log:p:autostart", "sd-proxy:p:netvm"]);
-    // verify against the package: exit 1
+    // verify against the package, by name, or everything: exit 1
     let v = env.json(&["verify", &v1], 1);
     assert_eq!(v["clean"], false);
+    let v = env.json(&["verify", "securedrop-ws"], 1);
+    assert_eq!(v["differences"].as_array().unwrap().len(), 2);
+    let v = env.json(&["verify"], 1);
+    assert_eq!(v["packages"][0]["package"], "securedrop-ws");
+    assert_eq!(v["packages"][0]["clean"], false);
 
     // re-applying the same version keeps both changes
     let v = env.json(&["install", &v1], 0);
