@@ -109,7 +109,13 @@ impl Qubesd {
             let tags = self.tags(&name)?;
             let mut d = Domain::new(name.clone(), class);
             if tags.iter().any(|t| t.starts_with("qpm-pkg-")) {
-                let v = self.call("admin.vm.property.Get", &name, "template_for_dispvms", b"")?;
+                // templates and disposables have no `template_for_dispvms`
+                let v = match self.call("admin.vm.property.Get", &name, "template_for_dispvms", b"")
+                {
+                    Ok(v) => v,
+                    Err(e) if e.class == "QubesNoSuchPropertyError" => String::new(),
+                    Err(e) => return Err(e),
+                };
                 d = d.with_template_for_dispvms(v.ends_with(" True"));
             }
             for t in tags {

@@ -274,6 +274,54 @@ pub(crate) fn admin(ctx: &Ctx) -> Result<Client> {
     })
 }
 
+/// The Admin API client wrapped so that every call is counted (reads,
+/// writes); `QPM_TEST_CRASH_AFTER=N` aborts the process right after the
+/// N-th mutating call (the crash tests).
+pub(crate) fn admin_counted(ctx: &Ctx) -> Result<(Client, std::sync::Arc<qpm_pkg::calls::Counts>)> {
+    use qpm_admin::transport::Transport;
+    use std::sync::Arc;
+    let inner: Arc<dyn Transport> = match route(ctx)? {
+        Route::Socket(p) => Arc::new(QubesdSocket::new(p)),
+        Route::Qrexec(p) => Arc::new(QrexecClientVm::new(p)),
+        Route::Sim { dir, caller } => {
+            ensure_sim(&dir, &StartOptions::default())?;
+            Arc::new(Simulator::new(router_socket(&dir), &caller))
+        }
+    };
+    let crash_after = std::env::var("QPM_TEST_CRASH_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let counting = qpm_pkg::calls::Counting::new(inner, crash_after);
+    let counts = counting.counts();
+    Ok((Client::new(counting), counts))
+}
+
+/// The name of the qube qpm runs in (the management qube): `QPM_MGMT`, the
+/// simulator's caller, `dom0` on the qubesd socket, else the host name
+/// (a qube's host name is its name).
+pub(crate) fn mgmt_name(ctx: &Ctx) -> Result<String> {
+    if let Ok(m) = std::env::var("QPM_MGMT")
+        && !m.is_empty()
+    {
+        return Ok(m);
+    }
+    Ok(match route(ctx)? {
+        Route::Socket(_) => "dom0".to_owned(),
+        Route::Sim { caller, .. } => caller,
+        Route::Qrexec(_) => {
+            if let Ok(q) = std::env::var("QPM_SIM_QUBE")
+                && !q.is_empty()
+            {
+                return Ok(q);
+            }
+            let h = std::fs::read_to_string("/etc/hostname").context(
+                "reading /etc/hostname to learn the management qube's name (or set QPM_MGMT)",
+            )?;
+            h.trim().to_owned()
+        }
+    })
+}
+
 /// Opens a qrexec call to a non-Admin-API service (`qpm.SyncConfig`, ...)
 /// on `dest`, through the same transport.
 #[allow(dead_code, reason = "used by the commands that call qube services")]

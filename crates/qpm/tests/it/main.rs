@@ -1,6 +1,7 @@
 //! Integration tests of the `qpm` binary.
 
 mod gatekeeper;
+mod pkg;
 mod policy;
 mod repo;
 mod sim;
