@@ -374,8 +374,20 @@ impl Agent {
     /// Hash of the current file at `tree/path`: `Ok(None)` if absent,
     /// `Err(Refused)` if it is not a regular file.
     fn current_hash(&self, tree: Tree, path: &RelPath, max: u64) -> Result<Option<String>> {
+        let m = self.tree_root(tree).metadata(path)?;
+        self.hash_seen(tree, path, m, max)
+    }
+
+    /// [`Self::current_hash`] for a file whose metadata `m` was just read.
+    fn hash_seen(
+        &self,
+        tree: Tree,
+        path: &RelPath,
+        m: Option<qpm_fs::Meta>,
+        max: u64,
+    ) -> Result<Option<String>> {
         let r = self.tree_root(tree);
-        match r.metadata(path)? {
+        match m {
             None => Ok(None),
             Some(m) if m.kind == FKind::File => {
                 if m.size > max {
@@ -399,22 +411,6 @@ impl Agent {
                 self.abs(tree, path.as_str())
             ))),
         }
-    }
-
-    /// Whether the stat cache says the file is still what qpm wrote.
-    fn cache_hit(&self, tree: Tree, path: &RelPath, r: &Record) -> Result<bool> {
-        Ok(match self.tree_root(tree).metadata(path)? {
-            Some(m) => {
-                m.kind == FKind::File
-                    && m.dev == r.dev
-                    && m.ino == r.ino
-                    && m.size == r.size
-                    && m.mtime_ns == r.mtime_ns
-                    && m.ctime_ns == r.ctime_ns
-                    && m.mode == r.mode
-            }
-            None => false,
-        })
     }
 
     /// Serves one `qpm.SyncConfig` call: manifest in, need list out, data
@@ -616,6 +612,7 @@ impl Agent {
         self.check_entries(m, caller)?;
         let applied = self.load_applied()?;
         let cfg = &self.opts.config;
+        let mut dirs = Dirs::new(self);
         // What is needed, and what would conflict.
         let mut need = Vec::new();
         let mut base: HashMap<u32, Option<String>> = HashMap::new();
@@ -625,26 +622,20 @@ impl Agent {
             let k = key(e.tree, e.path.as_str());
             let want = hash_hex(&e.hash);
             let rec = applied.files.get(&k);
-            if let Some(parent) = e.path.parent() {
-                self.tree_root(e.tree)
-                    .check_dirs(&parent, &self.dir_policy(e.tree))?;
-            }
+            let meta = dirs.stat(e.tree, &e.path)?;
             if let Some(r) = rec {
                 if r.hash == want
                     && u32::from(e.mode) == r.mode
                     && r.source == caller
-                    && self.cache_hit(e.tree, &e.path, r)?
+                    && unchanged(meta.as_ref(), r)
                 {
                     continue;
                 }
             }
-            let cur = self.current_hash(e.tree, &e.path, cfg.max_file_size)?;
+            let cur = self.hash_seen(e.tree, &e.path, meta, cfg.max_file_size)?;
             if cur.as_deref() == Some(want.as_str())
                 && rec.is_some_and(|r| r.mode == u32::from(e.mode) && r.source == caller)
-                && self
-                    .tree_root(e.tree)
-                    .metadata(&e.path)?
-                    .is_some_and(|md| md.mode == u32::from(e.mode))
+                && meta.is_some_and(|md| md.mode == u32::from(e.mode))
             {
                 continue;
             }
@@ -677,10 +668,11 @@ impl Agent {
                 _ => continue,
             };
             let path = rel(p)?;
-            let cur = if self.cache_hit(tree, &path, r)? {
+            let meta = dirs.stat(tree, &path)?;
+            let cur = if unchanged(meta.as_ref(), r) {
                 Some(r.hash.clone())
             } else {
-                self.current_hash(tree, &path, cfg.max_file_size)?
+                self.hash_seen(tree, &path, meta, cfg.max_file_size)?
             };
             match cur {
                 None => deletes.push((tree, p.to_owned(), None, r.clone())),
@@ -1517,6 +1509,74 @@ impl Agent {
         self.save_plan(&plan)?;
         self.apply(&rid)?;
         Ok(rid)
+    }
+}
+
+/// Whether the stat cache says the file is still what qpm wrote.
+fn unchanged(m: Option<&qpm_fs::Meta>, r: &Record) -> bool {
+    m.is_some_and(|m| {
+        m.kind == FKind::File
+            && m.dev == r.dev
+            && m.ino == r.ino
+            && m.size == r.size
+            && m.mtime_ns == r.mtime_ns
+            && m.ctime_ns == r.ctime_ns
+            && m.mode == r.mode
+    })
+}
+
+/// Most directory handles [`Dirs`] keeps open.
+const MAX_OPEN_DIRS: usize = 256;
+
+/// Directory handles for one pass over many files: each parent directory
+/// is checked against the tree's [`DirPolicy`] and opened (beneath the
+/// tree, no symlinks) once, and every file is then `stat`ed relative to
+/// its handle.
+struct Dirs<'a> {
+    agent: &'a Agent,
+    /// `None`: the directory does not exist.
+    open: HashMap<(Tree, String), Option<Root>>,
+}
+
+impl<'a> Dirs<'a> {
+    fn new(agent: &'a Agent) -> Self {
+        Self {
+            agent,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Metadata of `path` in `tree` without following a symlink; `None`
+    /// when it or its directory does not exist.
+    fn stat(&mut self, tree: Tree, path: &RelPath) -> Result<Option<qpm_fs::Meta>> {
+        let Some(parent) = path.parent() else {
+            return Ok(self.agent.tree_root(tree).metadata(path)?);
+        };
+        let k = (tree, parent.as_str().to_owned());
+        if !self.open.contains_key(&k) {
+            if self.open.len() >= MAX_OPEN_DIRS {
+                // Bounded descriptors whatever the manifest's order.
+                self.open.clear();
+            }
+            let troot = self.agent.tree_root(tree);
+            troot.check_dirs(&parent, &self.agent.dir_policy(tree))?;
+            let h = match troot.open_dir(&parent) {
+                Ok(h) => Some(h),
+                Err(qpm_fs::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        || source.raw_os_error()
+                            == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.open.insert(k.clone(), h);
+        }
+        match self.open.get(&k) {
+            Some(Some(d)) => Ok(d.metadata(&rel(path.file_name())?)?),
+            _ => Ok(None),
+        }
     }
 }
 

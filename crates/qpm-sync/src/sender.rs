@@ -211,13 +211,22 @@ impl HashCache {
 
     /// Size and BLAKE3 of a repository file, from the cache when its stat
     /// matches.
-    pub fn hash(&mut self, repo: &Root, src: &RelPath) -> Result<(u64, [u8; 32])> {
-        let m = repo
-            .metadata(src)?
-            .ok_or_else(|| qpm_fs::Error::WrongType {
-                expected: "regular file",
-                path: src.to_string(),
-            })?;
+    /// `seen` is the metadata from listing the repository, if known.
+    pub fn hash(
+        &mut self,
+        repo: &Root,
+        src: &RelPath,
+        seen: Option<qpm_fs::Meta>,
+    ) -> Result<(u64, [u8; 32])> {
+        let m = match seen {
+            Some(m) => m,
+            None => repo
+                .metadata(src)?
+                .ok_or_else(|| qpm_fs::Error::WrongType {
+                    expected: "regular file",
+                    path: src.to_string(),
+                })?,
+        };
         if let Some(c) = self.files.get(src.as_str()) {
             if c.size == m.size
                 && c.mtime_ns == m.mtime_ns
@@ -257,7 +266,7 @@ pub fn manifest(
 ) -> Result<Manifest> {
     let mut entries = Vec::with_capacity(items.len());
     for it in items {
-        let (size, hash) = cache.hash(repo.root(), &it.src)?;
+        let (size, hash) = cache.hash(repo.root(), &it.src, it.stat)?;
         let mut f = 0u8;
         if it.secret {
             f |= flags::SECRET;
@@ -687,6 +696,7 @@ mod tests {
             gid: 0,
             secret: false,
             persist: true,
+            stat: None,
         }
     }
 
