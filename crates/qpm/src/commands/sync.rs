@@ -218,12 +218,13 @@ pub(crate) fn run(cmd: SyncCommand, ctx: &Ctx) -> Result<Status> {
 
 fn plan(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
     let s = setup(r)?;
+    let mut cache = HashCache::load(s.state.root());
     let mut out = std::io::stdout().lock();
     let mut doc = Vec::new();
     let mut any = false;
     for q in targets(&s, qubes) {
         let it = items(&s, &q)?;
-        let changes = s.state.plan(&s.repo, &q, &it)?;
+        let changes = s.state.plan(&s.repo, &mut cache, &q, &it)?;
         any |= !changes.is_empty();
         if ctx.json {
             doc.push(serde_json::json!({"qube": q, "files": it.len(), "changes": changes}));
@@ -245,6 +246,7 @@ fn plan(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
     if ctx.json {
         writeln!(out, "{}", serde_json::json!({"version": 1, "qubes": doc}))?;
     }
+    cache.save(s.state.root())?;
     let _ = any;
     Ok(Status::Success)
 }
@@ -286,7 +288,7 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
         let ok = sender::is_success(&o);
         all_ok &= ok;
         if ok && matches!(o.code, qpm_sync::proto::Code::Applied) {
-            s.state.record_push(&s.repo, &q, &it)?;
+            s.state.record_push(&s.repo, &q, &it, &m)?;
         }
         s.state.log(&LogEntry {
             time: std::time::SystemTime::now()
