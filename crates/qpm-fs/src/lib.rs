@@ -669,6 +669,23 @@ impl Root {
         })
     }
 
+    /// Creates the regular file `rel` exclusively (`O_CREAT | O_EXCL |
+    /// O_NOFOLLOW`, so never through a symlink or over anything) with
+    /// exactly `mode`, open for writing. The parent directory must exist.
+    pub fn create_new(&self, rel: &RelPath, mode: u32) -> Result<std::fs::File> {
+        let (parent, name) = self.parent_of(rel)?;
+        let fd = rustix::fs::openat(
+            parent.as_fd(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| io_err("create", &self.shown(rel.as_str()), e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err("chmod", &self.shown(rel.as_str()), e))?;
+        Ok(std::fs::File::from(fd))
+    }
+
     /// Writes `data` to `rel` atomically and durably: temporary file in the
     /// same directory with `mode`, `fsync`, rename over `rel`, `fsync` of the
     /// directory. The parent directory must exist.

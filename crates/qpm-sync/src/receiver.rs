@@ -813,6 +813,7 @@ impl Agent {
     }
 
     fn stage(&self, m: &Manifest, need: &[u32], id: &str, input: &mut dyn Read) -> Result<()> {
+        let data_dir = self.state.open_dir(&rel(&format!("pending/{id}/data"))?)?;
         for &want in need {
             let (t, len) = proto::read_header(input)?
                 .ok_or(proto::ProtoError::Truncated { what: "data frame" })?;
@@ -841,14 +842,14 @@ impl Agent {
             if u32::from_be_bytes(idx) != want {
                 return Err(AgentError::Refused("data frames out of order".into()));
             }
-            let mut t = self
-                .state
-                .create_temp(Some(&rel(&format!("pending/{id}/data"))?), 0o600)?;
+            // The pending directory is new: each file is created under
+            // its final name (a partial one is removed with the directory).
+            let mut f = data_dir.create_new(&rel(&want.to_string())?, 0o600)?;
             let mut hr = HashingReader {
                 inner: input,
                 hasher: blake3::Hasher::new(),
             };
-            let n = t.copy_from(&mut hr, e.size)?;
+            let n = std::io::copy(&mut (&mut hr).take(e.size), &mut f)?;
             if n != e.size {
                 return Err(proto::ProtoError::Truncated { what: "file data" }.into());
             }
@@ -858,12 +859,6 @@ impl Agent {
                     e.display()
                 )));
             }
-            let tmp = t.finish();
-            self.state.rename(
-                &tmp,
-                &self.state,
-                &rel(&format!("pending/{id}/data/{want}"))?,
-            )?;
         }
         let (t, len) =
             proto::read_header(input)?.ok_or(proto::ProtoError::Truncated { what: "end frame" })?;
@@ -1060,8 +1055,11 @@ impl Agent {
     pub fn apply(&self, id: &str) -> Result<()> {
         let plan = self.plan(id)?;
         // The target must still be what the plan was made against.
+        let mut dirs = Dirs::new(self);
         for o in &plan.ops {
-            let cur = self.current_hash(o.tree, &rel(&o.path)?, self.opts.config.max_file_size)?;
+            let path = rel(&o.path)?;
+            let m = dirs.stat(o.tree, &path)?;
+            let cur = self.hash_seen(o.tree, &path, m, self.opts.config.max_file_size)?;
             if cur != o.base_hash {
                 return Err(AgentError::Refused(format!(
                     "{} changed since the sync was received; it was not applied",
@@ -1093,6 +1091,8 @@ impl Agent {
             .create_dirs(&rel(&bdir)?, 0o700, &DirPolicy::default())?;
         let mut backups = Vec::new();
         let mut devs: BTreeSet<u64> = BTreeSet::from([state_dev]);
+        // Parent directories created (or checked) and opened once each.
+        let mut parents: HashMap<(Tree, String), (Root, u64)> = HashMap::new();
         for n in 0..jops.len() {
             let Some(j) = jops.get_mut(n) else { break };
             let o = j.op.clone();
@@ -1103,14 +1103,35 @@ impl Agent {
                 Tree::Home => self.home_owner,
                 Tree::System => (o.uid, o.gid),
             };
-            if let Some(parent) = path.parent() {
-                troot.create_dirs(&parent, 0o755, &pol)?;
-                devs.insert(troot.open_dir(&parent)?.root_metadata()?.dev);
-            } else {
-                devs.insert(troot.root_metadata()?.dev);
-            }
+            let parent_dev = match path.parent() {
+                Some(parent) => {
+                    let k = (o.tree, parent.as_str().to_owned());
+                    if !parents.contains_key(&k) {
+                        if parents.len() >= MAX_OPEN_DIRS {
+                            parents.clear();
+                        }
+                        troot.create_dirs(&parent, 0o755, &pol)?;
+                        let d = troot.open_dir(&parent)?;
+                        let dev = d.root_metadata()?.dev;
+                        parents.insert(k.clone(), (d, dev));
+                    }
+                    match parents.get(&k) {
+                        Some((_, dev)) => *dev,
+                        None => troot.open_dir(&parent)?.root_metadata()?.dev,
+                    }
+                }
+                None => troot.root_metadata()?.dev,
+            };
+            devs.insert(parent_dev);
+            let current = match path
+                .parent()
+                .and_then(|p| parents.get(&(o.tree, p.as_str().to_owned())))
+            {
+                Some((d, _)) => d.metadata(&rel(path.file_name())?)?,
+                None => troot.metadata(&path)?,
+            };
             // Backup of the current version.
-            let prev = match troot.metadata(&path)? {
+            let prev = match current {
                 Some(m) if m.kind == FKind::File => {
                     let b = rel(&format!("{bdir}/{n}"))?;
                     self.state.remove_file(&b)?;
@@ -1138,10 +1159,6 @@ impl Agent {
             }
             let Some(i) = o.staged else { continue };
             let staged = rel(&format!("pending/{id}/data/{i}"))?;
-            let parent_dev = match path.parent() {
-                Some(p) => troot.open_dir(&p)?.root_metadata()?.dev,
-                None => troot.root_metadata()?.dev,
-            };
             let owner = if self.euid == 0 {
                 Some((uid, gid))
             } else {
@@ -1262,6 +1279,7 @@ impl Agent {
 
     fn roll_forward(&self, j: &Journal) -> Result<()> {
         let mut dirs: BTreeSet<(Tree, Option<String>)> = BTreeSet::new();
+        let mut handles = Handles::default();
         for jo in &j.ops {
             let o = &jo.op;
             let troot = self.tree_root(o.tree);
@@ -1285,9 +1303,12 @@ impl Agent {
                         });
                     }
                 };
-                if from_root.metadata(&from)?.is_some() {
-                    from_root.rename(&from, troot, &path)?;
-                }
+                let from_kind = if std::ptr::eq(from_root, &self.state) {
+                    0
+                } else {
+                    1 + o.tree as u8
+                };
+                handles.rename(from_kind, from_root, &from, 1 + o.tree as u8, troot, &path)?;
             }
             if let Some(t) = &jo.rw_ready {
                 let t = rel(t)?;
@@ -1321,6 +1342,7 @@ impl Agent {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let mut dirs = Dirs::new(self);
         for (jo, bi) in j.ops.iter().zip(backups.iter_mut()) {
             let o = &jo.op;
             let k = o.key();
@@ -1330,7 +1352,7 @@ impl Agent {
                 continue;
             }
             let path = rel(&o.path)?;
-            if let Some(m) = self.tree_root(o.tree).metadata(&path)? {
+            if let Some(m) = dirs.stat(o.tree, &path)? {
                 a.files.insert(
                     k,
                     Record {
@@ -1523,6 +1545,59 @@ fn unchanged(m: Option<&qpm_fs::Meta>, r: &Record) -> bool {
             && m.ctime_ns == r.ctime_ns
             && m.mode == r.mode
     })
+}
+
+/// Directory handles for renames, keyed by which root (0 state, 1 home,
+/// 2 system) and the directory's path in it.
+#[derive(Default)]
+struct Handles(HashMap<(u8, String), Root>);
+
+impl Handles {
+    fn ensure(&mut self, kind: u8, root: &Root, dir: &RelPath) -> Result<()> {
+        let k = (kind, dir.as_str().to_owned());
+        if !self.0.contains_key(&k) {
+            if self.0.len() >= MAX_OPEN_DIRS {
+                self.0.clear();
+            }
+            let d = root.open_dir(dir)?;
+            self.0.insert(k, d);
+        }
+        Ok(())
+    }
+
+    /// Renames `from` (below `from_root`) over `to` (below `to_root`)
+    /// through cached handles of both directories; `Ok(false)` when
+    /// `from` is already gone (an earlier run moved it).
+    fn rename(
+        &mut self,
+        fk: u8,
+        from_root: &Root,
+        from: &RelPath,
+        tk: u8,
+        to_root: &Root,
+        to: &RelPath,
+    ) -> Result<bool> {
+        if let (Some(fp), Some(tp)) = (from.parent(), to.parent()) {
+            self.ensure(fk, from_root, &fp)?;
+            self.ensure(tk, to_root, &tp)?;
+            if let (Some(fd), Some(td)) = (
+                self.0.get(&(fk, fp.as_str().to_owned())),
+                self.0.get(&(tk, tp.as_str().to_owned())),
+            ) {
+                let name = rel(from.file_name())?;
+                if fd.metadata(&name)?.is_none() {
+                    return Ok(false);
+                }
+                fd.rename(&name, td, &rel(to.file_name())?)?;
+                return Ok(true);
+            }
+        }
+        if from_root.metadata(from)?.is_none() {
+            return Ok(false);
+        }
+        from_root.rename(from, to_root, to)?;
+        Ok(true)
+    }
 }
 
 /// Most directory handles [`Dirs`] keeps open.
