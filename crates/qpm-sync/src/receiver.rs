@@ -642,6 +642,12 @@ impl Agent {
             let conflict = match (&cur, rec) {
                 (None, _) => false,
                 (Some(c), Some(r)) => *c != r.hash && *c != want,
+                // An empty file qpm never wrote holds nothing to lose: the
+                // long form of `custom-persist` creates the file empty at
+                // boot, before the first sync can fill it.
+                (Some(_), None) if meta.is_some_and(|m| m.kind == FKind::File && m.size == 0) => {
+                    false
+                }
                 (Some(c), None) => *c != want,
             };
             if conflict {

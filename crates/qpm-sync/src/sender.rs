@@ -100,12 +100,12 @@ pub fn ensure_persistence(
         qube: qube.into(),
         message: m,
     };
+    if wanted.is_empty() {
+        // Nothing to persist: no Admin API call at all.
+        return Ok((PersistVia::BindDirs, Vec::new()));
+    }
     let on = match admin.feature(qube, "service.custom-persist") {
         Ok(v) => v.is_some_and(|v| !v.is_empty() && v != "0"),
-        Err(e) if wanted.is_empty() => {
-            let _ = e;
-            false
-        }
         Err(e) => return Err(err(format!("reading feature service.custom-persist: {e}"))),
     };
     if !on {
