@@ -3,7 +3,8 @@
 //! State directory layout (private, `0700`):
 //!
 //! ```text
-//! applied.json            what qpm put where: hash + stat cache, per path
+//! applied.bin             what qpm put where: hash + stat cache, per path
+//!                         (binary, see `Applied`; `applied.json` before)
 //! history.jsonl           one line per applied sync (id, source, time, counts)
 //! agent.log               details of refusals (the caller only gets a fixed reply)
 //! journal.json            present only while a sync is being applied
@@ -112,13 +113,101 @@ pub struct Record {
     pub ctime_ns: i128,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Applied {
     files: BTreeMap<String, Record>,
     #[serde(default)]
     last_sync: String,
     #[serde(default)]
     last_applied: u64,
+}
+
+/// `applied.bin`: `QPMA`, version `u16` (1), last sync id (`u8` length +
+/// bytes), last applied time `u64`, count `u32`, then per file: key
+/// (`u16` length + bytes), hash (`u8` length + bytes), size `u64`, mode
+/// `u32`, source (`u8` length + bytes), persist `u8`, dev `u64`, inode
+/// `u64`, mtime and ctime (`i128` ns); big-endian. Read at every call, so
+/// it is binary: no text parsing, no hex.
+impl Applied {
+    fn encode(&self) -> Vec<u8> {
+        fn short(out: &mut Vec<u8>, s: &str) {
+            let b = s.as_bytes();
+            let b = b.get(..b.len().min(255)).unwrap_or(b"");
+            out.push(b.len() as u8);
+            out.extend_from_slice(b);
+        }
+        let mut out = Vec::with_capacity(32 + self.files.len() * 200);
+        out.extend_from_slice(b"QPMA\x00\x01");
+        short(&mut out, &self.last_sync);
+        out.extend_from_slice(&self.last_applied.to_be_bytes());
+        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
+        for (k, r) in &self.files {
+            let kb = k.as_bytes();
+            out.extend_from_slice(&(kb.len() as u16).to_be_bytes());
+            out.extend_from_slice(kb);
+            short(&mut out, &r.hash);
+            out.extend_from_slice(&r.size.to_be_bytes());
+            out.extend_from_slice(&r.mode.to_be_bytes());
+            short(&mut out, &r.source);
+            out.push(r.persist);
+            out.extend_from_slice(&r.dev.to_be_bytes());
+            out.extend_from_slice(&r.ino.to_be_bytes());
+            out.extend_from_slice(&r.mtime_ns.to_be_bytes());
+            out.extend_from_slice(&r.ctime_ns.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = b.strip_prefix(b"QPMA\x00\x01")?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (a, rest) = c.split_at_checked(n)?;
+            c = rest;
+            Some(a)
+        };
+        fn text(b: &[u8]) -> Option<String> {
+            std::str::from_utf8(b).ok().map(str::to_owned)
+        }
+        let n = usize::from(*take(1)?.first()?);
+        let last_sync = text(take(n)?)?;
+        let last_applied = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        let mut files = BTreeMap::new();
+        for _ in 0..count {
+            let n = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
+            let key = text(take(n)?)?;
+            let n = usize::from(*take(1)?.first()?);
+            let hash = text(take(n)?)?;
+            let size = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let mode = u32::from_be_bytes(take(4)?.try_into().ok()?);
+            let n = usize::from(*take(1)?.first()?);
+            let source = text(take(n)?)?;
+            let persist = *take(1)?.first()?;
+            let dev = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let ino = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let mtime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
+            let ctime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
+            files.insert(
+                key,
+                Record {
+                    hash,
+                    size,
+                    mode,
+                    source,
+                    persist,
+                    dev,
+                    ino,
+                    mtime_ns,
+                    ctime_ns,
+                },
+            );
+        }
+        c.is_empty().then_some(Self {
+            files,
+            last_sync,
+            last_applied,
+        })
+    }
 }
 
 /// One change of a plan.
@@ -345,29 +434,37 @@ impl Agent {
     }
 
     fn load_applied(&self) -> Result<Applied> {
-        match self
-            .state
-            .read_limited(&rel("applied.json")?, 64 * 1024 * 1024)
-        {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State {
-                file: "applied.json",
-                message: e.to_string(),
-            }),
+        let read = |name: &str| match self.state.read_limited(&rel(name)?, 64 * 1024 * 1024) {
+            Ok(b) => Ok(Some(b)),
             Err(qpm_fs::Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                Ok(Applied::default())
+                Ok(None)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(AgentError::from(e)),
+        };
+        if let Some(b) = read("applied.bin")? {
+            return Applied::decode(&b).ok_or_else(|| AgentError::State {
+                file: "applied.bin",
+                message: "damaged".into(),
+            });
+        }
+        // The earlier format, until the next save replaces it.
+        match read("applied.json")? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State {
+                file: "applied.json",
+                message: e.to_string(),
+            }),
+            None => Ok(Applied::default()),
         }
     }
 
     fn save_applied(&self, a: &Applied) -> Result<()> {
-        let b = serde_json::to_vec(a).map_err(|e| AgentError::State {
-            file: "applied.json",
-            message: e.to_string(),
-        })?;
-        self.state.write_atomic(&rel("applied.json")?, &b, 0o600)?;
+        self.state
+            .write_atomic(&rel("applied.bin")?, &a.encode(), 0o600)?;
+        if self.state.remove_file(&rel("applied.json")?)? {
+            self.state.sync_dir(None)?;
+        }
         Ok(())
     }
 
@@ -1690,4 +1787,49 @@ pub fn default_state_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/home/user".into());
     Path::new(&home).join(".local/state/qpm-agent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_state_roundtrip_and_damage() {
+        let mut a = Applied {
+            last_sync: "00112233445566778899aabbccddeeff".into(),
+            last_applied: 1_700_000_000,
+            ..Applied::default()
+        };
+        a.files.insert(
+            "h:.gitconfig".into(),
+            Record {
+                hash: "ab".repeat(32),
+                size: 12,
+                mode: 0o644,
+                source: "cfg".into(),
+                persist: 0,
+                dev: 2049,
+                ino: 77,
+                mtime_ns: 1_700_000_000_123_456_789,
+                ctime_ns: -1,
+            },
+        );
+        let b = a.encode();
+        assert_eq!(Applied::decode(&b).unwrap(), a);
+        for n in 0..b.len() {
+            assert!(Applied::decode(&b[..n]).is_none(), "truncated at {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(Applied::decode(&long).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn applied_decoder_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let mut v = b"QPMA\x00\x01".to_vec();
+            v.extend_from_slice(&b);
+            let _ = Applied::decode(&v);
+        }
+    }
 }

@@ -3,7 +3,6 @@
 //! with one target over any byte channel, persistence through the Admin
 //! API, and the sender's own record of what it pushed.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -173,38 +172,98 @@ pub fn ensure_persistence(
     Ok((PersistVia::CustomPersist, notes))
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct CacheEntry {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
     ino: u64,
-    hash: String,
+    hash: [u8; 32],
 }
 
-/// Stat cache of repository file hashes (in the sender's state directory).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+/// Bytes of a [`CacheEntry`] in the cache file, besides its path.
+const CACHE_ENTRY_FIXED: usize = 2 + 8 + 16 + 16 + 8 + 32;
+
+/// Stat cache of repository file hashes (`hash-cache.bin` in the sender's
+/// state directory): `QPMC`, version `u16` (1), count `u32`, then per
+/// file its path length `u16`, path, size `u64`, mtime and ctime (`i128`
+/// nanoseconds), inode `u64` and BLAKE3 (32 bytes), big-endian. A damaged
+/// or missing file is an empty cache (every file is hashed again).
+#[derive(Debug, Default)]
 pub struct HashCache {
-    files: BTreeMap<String, CacheEntry>,
-    #[serde(skip)]
+    files: std::collections::HashMap<String, CacheEntry>,
     dirty: bool,
 }
 
 impl HashCache {
+    const FILE: &str = "hash-cache.bin";
+    /// Largest cache file read.
+    const MAX_BYTES: u64 = 64 * 1024 * 1024;
+
     /// Loads the cache (empty if missing or unreadable).
     pub fn load(state: &Root) -> Self {
-        RelPath::new("hash-cache.json")
+        RelPath::new(Self::FILE)
             .ok()
-            .and_then(|p| state.read_limited(&p, 64 * 1024 * 1024).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|p| state.read_limited(&p, Self::MAX_BYTES).ok())
+            .and_then(|b| Self::decode(&b))
             .unwrap_or_default()
     }
 
-    /// Saves the cache if it changed.
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = b.strip_prefix(b"QPMC\x00\x01")?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (a, rest) = c.split_at_checked(n)?;
+            c = rest;
+            Some(a)
+        };
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        let mut files = std::collections::HashMap::with_capacity(
+            (count as usize).min(b.len() / CACHE_ENTRY_FIXED),
+        );
+        for _ in 0..count {
+            let plen = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
+            let path = std::str::from_utf8(take(plen)?).ok()?.to_owned();
+            let e = CacheEntry {
+                size: u64::from_be_bytes(take(8)?.try_into().ok()?),
+                mtime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
+                ctime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
+                ino: u64::from_be_bytes(take(8)?.try_into().ok()?),
+                hash: take(32)?.try_into().ok()?,
+            };
+            files.insert(path, e);
+        }
+        c.is_empty().then_some(Self {
+            files,
+            dirty: false,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10 + self.files.len() * (CACHE_ENTRY_FIXED + 48));
+        out.extend_from_slice(b"QPMC\x00\x01");
+        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
+        for (p, e) in &self.files {
+            let pb = p.as_bytes();
+            out.extend_from_slice(&(pb.len() as u16).to_be_bytes());
+            out.extend_from_slice(pb);
+            out.extend_from_slice(&e.size.to_be_bytes());
+            out.extend_from_slice(&e.mtime_ns.to_be_bytes());
+            out.extend_from_slice(&e.ctime_ns.to_be_bytes());
+            out.extend_from_slice(&e.ino.to_be_bytes());
+            out.extend_from_slice(&e.hash);
+        }
+        out
+    }
+
+    /// Saves the cache if it changed (not fsynced: a lost cache only
+    /// costs hashing again).
     pub fn save(&self, state: &Root) -> Result<()> {
         if self.dirty {
-            let b = serde_json::to_vec(self).unwrap_or_default();
-            state.write_atomic(&RelPath::new("hash-cache.json")?, &b, 0o600)?;
+            let mut t = state.create_temp(None, 0o600)?;
+            t.write_all(&self.encode())?;
+            t.persist_as(Self::FILE)?;
+            // The earlier (JSON) cache.
+            state.remove_file(&RelPath::new("hash-cache.json")?)?;
         }
         Ok(())
     }
@@ -233,10 +292,7 @@ impl HashCache {
                 && c.ctime_ns == m.ctime_ns
                 && c.ino == m.ino
             {
-                let mut h = [0u8; 32];
-                if hex::decode_to_slice(&c.hash, &mut h).is_ok() {
-                    return Ok((m.size, h));
-                }
+                return Ok((m.size, c.hash));
             }
         }
         let data = repo.read_limited(src, proto::MAX_FILE_SIZE)?;
@@ -248,7 +304,7 @@ impl HashCache {
                 mtime_ns: m.mtime_ns,
                 ctime_ns: m.ctime_ns,
                 ino: m.ino,
-                hash: hex::encode(h),
+                hash: h,
             },
         );
         self.dirty = true;
@@ -827,6 +883,54 @@ pub fn is_success(o: &Outcome) -> bool {
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    #[test]
+    fn hash_cache_roundtrip_and_damage() {
+        let mut c = HashCache::default();
+        c.files.insert(
+            "a/b".into(),
+            CacheEntry {
+                size: 3,
+                mtime_ns: -5,
+                ctime_ns: 1 << 70,
+                ino: 9,
+                hash: [7; 32],
+            },
+        );
+        let b = c.encode();
+        let d = HashCache::decode(&b).unwrap();
+        assert_eq!(d.files, c.files);
+        for n in 0..b.len() {
+            assert!(HashCache::decode(&b[..n]).is_none(), "truncated at {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(HashCache::decode(&long).is_none());
+    }
+
+    #[test]
+    fn push_record_roundtrip() {
+        let mut r = PushRecord::default();
+        r.push(
+            Tree::Home,
+            ".gitconfig",
+            0o644,
+            3,
+            [1; 32],
+            false,
+            Some(b"abc".to_vec()),
+        );
+        r.push(Tree::System, "etc/big", 0o600, 1 << 30, [2; 32], true, None);
+        let b = r.encode();
+        let d = PushRecord::decode(&b).unwrap();
+        assert_eq!(d.entries, r.entries);
+        let e = d.get(Tree::Home, ".gitconfig").unwrap();
+        assert_eq!(d.content(e), Some(&b"abc"[..]));
+        assert_eq!(d.content(d.get(Tree::System, "etc/big").unwrap()), None);
+        for n in 0..b.len() {
+            assert!(PushRecord::decode(&b[..n]).is_none(), "truncated at {n}");
+        }
+    }
     use std::collections::HashMap;
 
     #[derive(Default)]
