@@ -489,22 +489,31 @@ impl Root {
 
     /// Opens a regular file for reading (never a FIFO, device or symlink).
     pub fn open_read(&self, rel: &RelPath) -> Result<std::fs::File> {
+        Ok(self.open_read_meta(rel)?.0)
+    }
+
+    /// [`Self::open_read`], with the metadata of the opened file.
+    pub fn open_read_meta(&self, rel: &RelPath) -> Result<(std::fs::File, Meta)> {
         let fd = self.open_beneath(rel.as_str(), OFlags::RDONLY | OFlags::NONBLOCK, 0)?;
         let st =
             rustix::fs::fstat(&fd).map_err(|e| io_err("stat", &self.shown(rel.as_str()), e))?;
-        if meta_from(&st).kind != Kind::File {
+        let m = meta_from(&st);
+        if m.kind != Kind::File {
             return Err(Error::WrongType {
                 expected: "regular file",
                 path: esc(&self.shown(rel.as_str())),
             });
         }
-        Ok(std::fs::File::from(fd))
+        Ok((std::fs::File::from(fd), m))
     }
 
     /// Reads a whole regular file, refusing files larger than `max` bytes.
     pub fn read_limited(&self, rel: &RelPath, max: u64) -> Result<Vec<u8>> {
-        let f = self.open_read(rel)?;
-        let mut buf = Vec::new();
+        let (f, m) = self.open_read_meta(rel)?;
+        // Sized from the file so the read takes one call, not a doubling
+        // series (the limit still bounds it if the file grows).
+        let hint = m.size.min(max).saturating_add(1);
+        let mut buf = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).min(64 * 1024 * 1024));
         f.take(max.saturating_add(1))
             .read_to_end(&mut buf)
             .map_err(|e| std_err("read", &self.shown(rel.as_str()), e))?;
@@ -658,6 +667,23 @@ impl Root {
             path: esc(&shown_dir),
             source: std::io::Error::other("no free temporary name"),
         })
+    }
+
+    /// Creates the regular file `rel` exclusively (`O_CREAT | O_EXCL |
+    /// O_NOFOLLOW`, so never through a symlink or over anything) with
+    /// exactly `mode`, open for writing. The parent directory must exist.
+    pub fn create_new(&self, rel: &RelPath, mode: u32) -> Result<std::fs::File> {
+        let (parent, name) = self.parent_of(rel)?;
+        let fd = rustix::fs::openat(
+            parent.as_fd(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| io_err("create", &self.shown(rel.as_str()), e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err("chmod", &self.shown(rel.as_str()), e))?;
+        Ok(std::fs::File::from(fd))
     }
 
     /// Writes `data` to `rel` atomically and durably: temporary file in the

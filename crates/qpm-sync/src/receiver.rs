@@ -3,7 +3,8 @@
 //! State directory layout (private, `0700`):
 //!
 //! ```text
-//! applied.json            what qpm put where: hash + stat cache, per path
+//! applied.bin             what qpm put where: hash + stat cache, per path
+//!                         (binary, see `Applied`; `applied.json` before)
 //! history.jsonl           one line per applied sync (id, source, time, counts)
 //! agent.log               details of refusals (the caller only gets a fixed reply)
 //! journal.json            present only while a sync is being applied
@@ -112,13 +113,101 @@ pub struct Record {
     pub ctime_ns: i128,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Applied {
     files: BTreeMap<String, Record>,
     #[serde(default)]
     last_sync: String,
     #[serde(default)]
     last_applied: u64,
+}
+
+/// `applied.bin`: `QPMA`, version `u16` (1), last sync id (`u8` length +
+/// bytes), last applied time `u64`, count `u32`, then per file: key
+/// (`u16` length + bytes), hash (`u8` length + bytes), size `u64`, mode
+/// `u32`, source (`u8` length + bytes), persist `u8`, dev `u64`, inode
+/// `u64`, mtime and ctime (`i128` ns); big-endian. Read at every call, so
+/// it is binary: no text parsing, no hex.
+impl Applied {
+    fn encode(&self) -> Vec<u8> {
+        fn short(out: &mut Vec<u8>, s: &str) {
+            let b = s.as_bytes();
+            let b = b.get(..b.len().min(255)).unwrap_or(b"");
+            out.push(b.len() as u8);
+            out.extend_from_slice(b);
+        }
+        let mut out = Vec::with_capacity(32 + self.files.len() * 200);
+        out.extend_from_slice(b"QPMA\x00\x01");
+        short(&mut out, &self.last_sync);
+        out.extend_from_slice(&self.last_applied.to_be_bytes());
+        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
+        for (k, r) in &self.files {
+            let kb = k.as_bytes();
+            out.extend_from_slice(&(kb.len() as u16).to_be_bytes());
+            out.extend_from_slice(kb);
+            short(&mut out, &r.hash);
+            out.extend_from_slice(&r.size.to_be_bytes());
+            out.extend_from_slice(&r.mode.to_be_bytes());
+            short(&mut out, &r.source);
+            out.push(r.persist);
+            out.extend_from_slice(&r.dev.to_be_bytes());
+            out.extend_from_slice(&r.ino.to_be_bytes());
+            out.extend_from_slice(&r.mtime_ns.to_be_bytes());
+            out.extend_from_slice(&r.ctime_ns.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = b.strip_prefix(b"QPMA\x00\x01")?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (a, rest) = c.split_at_checked(n)?;
+            c = rest;
+            Some(a)
+        };
+        fn text(b: &[u8]) -> Option<String> {
+            std::str::from_utf8(b).ok().map(str::to_owned)
+        }
+        let n = usize::from(*take(1)?.first()?);
+        let last_sync = text(take(n)?)?;
+        let last_applied = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        let mut files = BTreeMap::new();
+        for _ in 0..count {
+            let n = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
+            let key = text(take(n)?)?;
+            let n = usize::from(*take(1)?.first()?);
+            let hash = text(take(n)?)?;
+            let size = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let mode = u32::from_be_bytes(take(4)?.try_into().ok()?);
+            let n = usize::from(*take(1)?.first()?);
+            let source = text(take(n)?)?;
+            let persist = *take(1)?.first()?;
+            let dev = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let ino = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let mtime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
+            let ctime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
+            files.insert(
+                key,
+                Record {
+                    hash,
+                    size,
+                    mode,
+                    source,
+                    persist,
+                    dev,
+                    ino,
+                    mtime_ns,
+                    ctime_ns,
+                },
+            );
+        }
+        c.is_empty().then_some(Self {
+            files,
+            last_sync,
+            last_applied,
+        })
+    }
 }
 
 /// One change of a plan.
@@ -345,37 +434,57 @@ impl Agent {
     }
 
     fn load_applied(&self) -> Result<Applied> {
-        match self
-            .state
-            .read_limited(&rel("applied.json")?, 64 * 1024 * 1024)
-        {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State {
-                file: "applied.json",
-                message: e.to_string(),
-            }),
+        let read = |name: &str| match self.state.read_limited(&rel(name)?, 64 * 1024 * 1024) {
+            Ok(b) => Ok(Some(b)),
             Err(qpm_fs::Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                Ok(Applied::default())
+                Ok(None)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(AgentError::from(e)),
+        };
+        if let Some(b) = read("applied.bin")? {
+            return Applied::decode(&b).ok_or_else(|| AgentError::State {
+                file: "applied.bin",
+                message: "damaged".into(),
+            });
+        }
+        // The earlier format, until the next save replaces it.
+        match read("applied.json")? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State {
+                file: "applied.json",
+                message: e.to_string(),
+            }),
+            None => Ok(Applied::default()),
         }
     }
 
     fn save_applied(&self, a: &Applied) -> Result<()> {
-        let b = serde_json::to_vec(a).map_err(|e| AgentError::State {
-            file: "applied.json",
-            message: e.to_string(),
-        })?;
-        self.state.write_atomic(&rel("applied.json")?, &b, 0o600)?;
+        self.state
+            .write_atomic(&rel("applied.bin")?, &a.encode(), 0o600)?;
+        if self.state.remove_file(&rel("applied.json")?)? {
+            self.state.sync_dir(None)?;
+        }
         Ok(())
     }
 
     /// Hash of the current file at `tree/path`: `Ok(None)` if absent,
     /// `Err(Refused)` if it is not a regular file.
     fn current_hash(&self, tree: Tree, path: &RelPath, max: u64) -> Result<Option<String>> {
+        let m = self.tree_root(tree).metadata(path)?;
+        self.hash_seen(tree, path, m, max)
+    }
+
+    /// [`Self::current_hash`] for a file whose metadata `m` was just read.
+    fn hash_seen(
+        &self,
+        tree: Tree,
+        path: &RelPath,
+        m: Option<qpm_fs::Meta>,
+        max: u64,
+    ) -> Result<Option<String>> {
         let r = self.tree_root(tree);
-        match r.metadata(path)? {
+        match m {
             None => Ok(None),
             Some(m) if m.kind == FKind::File => {
                 if m.size > max {
@@ -399,22 +508,6 @@ impl Agent {
                 self.abs(tree, path.as_str())
             ))),
         }
-    }
-
-    /// Whether the stat cache says the file is still what qpm wrote.
-    fn cache_hit(&self, tree: Tree, path: &RelPath, r: &Record) -> Result<bool> {
-        Ok(match self.tree_root(tree).metadata(path)? {
-            Some(m) => {
-                m.kind == FKind::File
-                    && m.dev == r.dev
-                    && m.ino == r.ino
-                    && m.size == r.size
-                    && m.mtime_ns == r.mtime_ns
-                    && m.ctime_ns == r.ctime_ns
-                    && m.mode == r.mode
-            }
-            None => false,
-        })
     }
 
     /// Serves one `qpm.SyncConfig` call: manifest in, need list out, data
@@ -616,6 +709,7 @@ impl Agent {
         self.check_entries(m, caller)?;
         let applied = self.load_applied()?;
         let cfg = &self.opts.config;
+        let mut dirs = Dirs::new(self);
         // What is needed, and what would conflict.
         let mut need = Vec::new();
         let mut base: HashMap<u32, Option<String>> = HashMap::new();
@@ -625,32 +719,32 @@ impl Agent {
             let k = key(e.tree, e.path.as_str());
             let want = hash_hex(&e.hash);
             let rec = applied.files.get(&k);
-            if let Some(parent) = e.path.parent() {
-                self.tree_root(e.tree)
-                    .check_dirs(&parent, &self.dir_policy(e.tree))?;
-            }
+            let meta = dirs.stat(e.tree, &e.path)?;
             if let Some(r) = rec {
                 if r.hash == want
                     && u32::from(e.mode) == r.mode
                     && r.source == caller
-                    && self.cache_hit(e.tree, &e.path, r)?
+                    && unchanged(meta.as_ref(), r)
                 {
                     continue;
                 }
             }
-            let cur = self.current_hash(e.tree, &e.path, cfg.max_file_size)?;
+            let cur = self.hash_seen(e.tree, &e.path, meta, cfg.max_file_size)?;
             if cur.as_deref() == Some(want.as_str())
                 && rec.is_some_and(|r| r.mode == u32::from(e.mode) && r.source == caller)
-                && self
-                    .tree_root(e.tree)
-                    .metadata(&e.path)?
-                    .is_some_and(|md| md.mode == u32::from(e.mode))
+                && meta.is_some_and(|md| md.mode == u32::from(e.mode))
             {
                 continue;
             }
             let conflict = match (&cur, rec) {
                 (None, _) => false,
                 (Some(c), Some(r)) => *c != r.hash && *c != want,
+                // An empty file qpm never wrote holds nothing to lose: the
+                // long form of `custom-persist` creates the file empty at
+                // boot, before the first sync can fill it.
+                (Some(_), None) if meta.is_some_and(|m| m.kind == FKind::File && m.size == 0) => {
+                    false
+                }
                 (Some(c), None) => *c != want,
             };
             if conflict {
@@ -677,10 +771,11 @@ impl Agent {
                 _ => continue,
             };
             let path = rel(p)?;
-            let cur = if self.cache_hit(tree, &path, r)? {
+            let meta = dirs.stat(tree, &path)?;
+            let cur = if unchanged(meta.as_ref(), r) {
                 Some(r.hash.clone())
             } else {
-                self.current_hash(tree, &path, cfg.max_file_size)?
+                self.hash_seen(tree, &path, meta, cfg.max_file_size)?
             };
             match cur {
                 None => deletes.push((tree, p.to_owned(), None, r.clone())),
@@ -821,6 +916,7 @@ impl Agent {
     }
 
     fn stage(&self, m: &Manifest, need: &[u32], id: &str, input: &mut dyn Read) -> Result<()> {
+        let data_dir = self.state.open_dir(&rel(&format!("pending/{id}/data"))?)?;
         for &want in need {
             let (t, len) = proto::read_header(input)?
                 .ok_or(proto::ProtoError::Truncated { what: "data frame" })?;
@@ -849,14 +945,14 @@ impl Agent {
             if u32::from_be_bytes(idx) != want {
                 return Err(AgentError::Refused("data frames out of order".into()));
             }
-            let mut t = self
-                .state
-                .create_temp(Some(&rel(&format!("pending/{id}/data"))?), 0o600)?;
+            // The pending directory is new: each file is created under
+            // its final name (a partial one is removed with the directory).
+            let mut f = data_dir.create_new(&rel(&want.to_string())?, 0o600)?;
             let mut hr = HashingReader {
                 inner: input,
                 hasher: blake3::Hasher::new(),
             };
-            let n = t.copy_from(&mut hr, e.size)?;
+            let n = std::io::copy(&mut (&mut hr).take(e.size), &mut f)?;
             if n != e.size {
                 return Err(proto::ProtoError::Truncated { what: "file data" }.into());
             }
@@ -866,12 +962,6 @@ impl Agent {
                     e.display()
                 )));
             }
-            let tmp = t.finish();
-            self.state.rename(
-                &tmp,
-                &self.state,
-                &rel(&format!("pending/{id}/data/{want}"))?,
-            )?;
         }
         let (t, len) =
             proto::read_header(input)?.ok_or(proto::ProtoError::Truncated { what: "end frame" })?;
@@ -1068,8 +1158,11 @@ impl Agent {
     pub fn apply(&self, id: &str) -> Result<()> {
         let plan = self.plan(id)?;
         // The target must still be what the plan was made against.
+        let mut dirs = Dirs::new(self);
         for o in &plan.ops {
-            let cur = self.current_hash(o.tree, &rel(&o.path)?, self.opts.config.max_file_size)?;
+            let path = rel(&o.path)?;
+            let m = dirs.stat(o.tree, &path)?;
+            let cur = self.hash_seen(o.tree, &path, m, self.opts.config.max_file_size)?;
             if cur != o.base_hash {
                 return Err(AgentError::Refused(format!(
                     "{} changed since the sync was received; it was not applied",
@@ -1101,6 +1194,8 @@ impl Agent {
             .create_dirs(&rel(&bdir)?, 0o700, &DirPolicy::default())?;
         let mut backups = Vec::new();
         let mut devs: BTreeSet<u64> = BTreeSet::from([state_dev]);
+        // Parent directories created (or checked) and opened once each.
+        let mut parents: HashMap<(Tree, String), (Root, u64)> = HashMap::new();
         for n in 0..jops.len() {
             let Some(j) = jops.get_mut(n) else { break };
             let o = j.op.clone();
@@ -1111,14 +1206,35 @@ impl Agent {
                 Tree::Home => self.home_owner,
                 Tree::System => (o.uid, o.gid),
             };
-            if let Some(parent) = path.parent() {
-                troot.create_dirs(&parent, 0o755, &pol)?;
-                devs.insert(troot.open_dir(&parent)?.root_metadata()?.dev);
-            } else {
-                devs.insert(troot.root_metadata()?.dev);
-            }
+            let parent_dev = match path.parent() {
+                Some(parent) => {
+                    let k = (o.tree, parent.as_str().to_owned());
+                    if !parents.contains_key(&k) {
+                        if parents.len() >= MAX_OPEN_DIRS {
+                            parents.clear();
+                        }
+                        troot.create_dirs(&parent, 0o755, &pol)?;
+                        let d = troot.open_dir(&parent)?;
+                        let dev = d.root_metadata()?.dev;
+                        parents.insert(k.clone(), (d, dev));
+                    }
+                    match parents.get(&k) {
+                        Some((_, dev)) => *dev,
+                        None => troot.open_dir(&parent)?.root_metadata()?.dev,
+                    }
+                }
+                None => troot.root_metadata()?.dev,
+            };
+            devs.insert(parent_dev);
+            let current = match path
+                .parent()
+                .and_then(|p| parents.get(&(o.tree, p.as_str().to_owned())))
+            {
+                Some((d, _)) => d.metadata(&rel(path.file_name())?)?,
+                None => troot.metadata(&path)?,
+            };
             // Backup of the current version.
-            let prev = match troot.metadata(&path)? {
+            let prev = match current {
                 Some(m) if m.kind == FKind::File => {
                     let b = rel(&format!("{bdir}/{n}"))?;
                     self.state.remove_file(&b)?;
@@ -1146,10 +1262,6 @@ impl Agent {
             }
             let Some(i) = o.staged else { continue };
             let staged = rel(&format!("pending/{id}/data/{i}"))?;
-            let parent_dev = match path.parent() {
-                Some(p) => troot.open_dir(&p)?.root_metadata()?.dev,
-                None => troot.root_metadata()?.dev,
-            };
             let owner = if self.euid == 0 {
                 Some((uid, gid))
             } else {
@@ -1270,6 +1382,7 @@ impl Agent {
 
     fn roll_forward(&self, j: &Journal) -> Result<()> {
         let mut dirs: BTreeSet<(Tree, Option<String>)> = BTreeSet::new();
+        let mut handles = Handles::default();
         for jo in &j.ops {
             let o = &jo.op;
             let troot = self.tree_root(o.tree);
@@ -1293,9 +1406,12 @@ impl Agent {
                         });
                     }
                 };
-                if from_root.metadata(&from)?.is_some() {
-                    from_root.rename(&from, troot, &path)?;
-                }
+                let from_kind = if std::ptr::eq(from_root, &self.state) {
+                    0
+                } else {
+                    1 + o.tree as u8
+                };
+                handles.rename(from_kind, from_root, &from, 1 + o.tree as u8, troot, &path)?;
             }
             if let Some(t) = &jo.rw_ready {
                 let t = rel(t)?;
@@ -1329,6 +1445,7 @@ impl Agent {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let mut dirs = Dirs::new(self);
         for (jo, bi) in j.ops.iter().zip(backups.iter_mut()) {
             let o = &jo.op;
             let k = o.key();
@@ -1338,7 +1455,7 @@ impl Agent {
                 continue;
             }
             let path = rel(&o.path)?;
-            if let Some(m) = self.tree_root(o.tree).metadata(&path)? {
+            if let Some(m) = dirs.stat(o.tree, &path)? {
                 a.files.insert(
                     k,
                     Record {
@@ -1520,6 +1637,127 @@ impl Agent {
     }
 }
 
+/// Whether the stat cache says the file is still what qpm wrote.
+fn unchanged(m: Option<&qpm_fs::Meta>, r: &Record) -> bool {
+    m.is_some_and(|m| {
+        m.kind == FKind::File
+            && m.dev == r.dev
+            && m.ino == r.ino
+            && m.size == r.size
+            && m.mtime_ns == r.mtime_ns
+            && m.ctime_ns == r.ctime_ns
+            && m.mode == r.mode
+    })
+}
+
+/// Directory handles for renames, keyed by which root (0 state, 1 home,
+/// 2 system) and the directory's path in it.
+#[derive(Default)]
+struct Handles(HashMap<(u8, String), Root>);
+
+impl Handles {
+    fn ensure(&mut self, kind: u8, root: &Root, dir: &RelPath) -> Result<()> {
+        let k = (kind, dir.as_str().to_owned());
+        if !self.0.contains_key(&k) {
+            if self.0.len() >= MAX_OPEN_DIRS {
+                self.0.clear();
+            }
+            let d = root.open_dir(dir)?;
+            self.0.insert(k, d);
+        }
+        Ok(())
+    }
+
+    /// Renames `from` (below `from_root`) over `to` (below `to_root`)
+    /// through cached handles of both directories; `Ok(false)` when
+    /// `from` is already gone (an earlier run moved it).
+    fn rename(
+        &mut self,
+        fk: u8,
+        from_root: &Root,
+        from: &RelPath,
+        tk: u8,
+        to_root: &Root,
+        to: &RelPath,
+    ) -> Result<bool> {
+        if let (Some(fp), Some(tp)) = (from.parent(), to.parent()) {
+            self.ensure(fk, from_root, &fp)?;
+            self.ensure(tk, to_root, &tp)?;
+            if let (Some(fd), Some(td)) = (
+                self.0.get(&(fk, fp.as_str().to_owned())),
+                self.0.get(&(tk, tp.as_str().to_owned())),
+            ) {
+                let name = rel(from.file_name())?;
+                if fd.metadata(&name)?.is_none() {
+                    return Ok(false);
+                }
+                fd.rename(&name, td, &rel(to.file_name())?)?;
+                return Ok(true);
+            }
+        }
+        if from_root.metadata(from)?.is_none() {
+            return Ok(false);
+        }
+        from_root.rename(from, to_root, to)?;
+        Ok(true)
+    }
+}
+
+/// Most directory handles [`Dirs`] keeps open.
+const MAX_OPEN_DIRS: usize = 256;
+
+/// Directory handles for one pass over many files: each parent directory
+/// is checked against the tree's [`DirPolicy`] and opened (beneath the
+/// tree, no symlinks) once, and every file is then `stat`ed relative to
+/// its handle.
+struct Dirs<'a> {
+    agent: &'a Agent,
+    /// `None`: the directory does not exist.
+    open: HashMap<(Tree, String), Option<Root>>,
+}
+
+impl<'a> Dirs<'a> {
+    fn new(agent: &'a Agent) -> Self {
+        Self {
+            agent,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Metadata of `path` in `tree` without following a symlink; `None`
+    /// when it or its directory does not exist.
+    fn stat(&mut self, tree: Tree, path: &RelPath) -> Result<Option<qpm_fs::Meta>> {
+        let Some(parent) = path.parent() else {
+            return Ok(self.agent.tree_root(tree).metadata(path)?);
+        };
+        let k = (tree, parent.as_str().to_owned());
+        if !self.open.contains_key(&k) {
+            if self.open.len() >= MAX_OPEN_DIRS {
+                // Bounded descriptors whatever the manifest's order.
+                self.open.clear();
+            }
+            let troot = self.agent.tree_root(tree);
+            troot.check_dirs(&parent, &self.agent.dir_policy(tree))?;
+            let h = match troot.open_dir(&parent) {
+                Ok(h) => Some(h),
+                Err(qpm_fs::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        || source.raw_os_error()
+                            == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+                {
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.open.insert(k.clone(), h);
+        }
+        match self.open.get(&k) {
+            Some(Some(d)) => Ok(d.metadata(&rel(path.file_name())?)?),
+            _ => Ok(None),
+        }
+    }
+}
+
 fn set_perms(root: &Root, p: &RelPath, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     root.set_perms(p, mode, owner)?;
     Ok(())
@@ -1549,4 +1787,49 @@ pub fn default_state_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/home/user".into());
     Path::new(&home).join(".local/state/qpm-agent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_state_roundtrip_and_damage() {
+        let mut a = Applied {
+            last_sync: "00112233445566778899aabbccddeeff".into(),
+            last_applied: 1_700_000_000,
+            ..Applied::default()
+        };
+        a.files.insert(
+            "h:.gitconfig".into(),
+            Record {
+                hash: "ab".repeat(32),
+                size: 12,
+                mode: 0o644,
+                source: "cfg".into(),
+                persist: 0,
+                dev: 2049,
+                ino: 77,
+                mtime_ns: 1_700_000_000_123_456_789,
+                ctime_ns: -1,
+            },
+        );
+        let b = a.encode();
+        assert_eq!(Applied::decode(&b).unwrap(), a);
+        for n in 0..b.len() {
+            assert!(Applied::decode(&b[..n]).is_none(), "truncated at {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(Applied::decode(&long).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn applied_decoder_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let mut v = b"QPMA\x00\x01".to_vec();
+            v.extend_from_slice(&b);
+            let _ = Applied::decode(&v);
+        }
+    }
 }

@@ -118,6 +118,9 @@ pub struct Item {
     pub secret: bool,
     /// Persist.
     pub persist: bool,
+    /// Metadata of the source seen while listing the repository (lets the
+    /// sender's stat cache skip a second `stat`).
+    pub stat: Option<qpm_fs::Meta>,
 }
 
 impl Item {
@@ -271,33 +274,42 @@ impl Repo {
                 message: format!("source `{}` does not exist", m.src),
             })?;
             match meta.kind {
-                FKind::File => out.push(self.item(m, m.src.clone(), m.dest.clone(), meta.mode)),
+                FKind::File => out.push(self.item(m, m.src.clone(), m.dest.clone(), meta)),
                 FKind::Dir => {
-                    let mut stack = vec![None::<RelPath>];
-                    while let Some(sub) = stack.pop() {
-                        let dir = match &sub {
-                            None => m.src.clone(),
-                            Some(s) => m.src.join(s)?,
-                        };
-                        for (name, kind) in self.root.read_dir(Some(&dir))? {
+                    // One handle per directory; every entry is `stat`ed
+                    // once, relative to it.
+                    let mut stack = vec![(None::<RelPath>, self.root.open_dir(&m.src)?)];
+                    while let Some((sub, dir)) = stack.pop() {
+                        for (name, kind) in dir.read_dir(None)? {
                             let name_rel = RelPath::new(&name)?;
                             let child = match &sub {
-                                None => name_rel,
+                                None => name_rel.clone(),
                                 Some(s) => s.join(&name_rel)?,
                             };
                             match kind {
-                                FKind::Dir => stack.push(Some(child)),
+                                FKind::Dir => stack.push((Some(child), dir.open_dir(&name_rel)?)),
                                 FKind::File => {
                                     let src = m.src.join(&child)?;
-                                    let mode = self.root.metadata(&src)?.map_or(0o644, |x| x.mode);
-                                    out.push(self.item(m, src, m.dest.join(&child)?, mode));
+                                    let Some(meta) = dir.metadata(&name_rel)? else {
+                                        continue;
+                                    };
+                                    if meta.kind != FKind::File {
+                                        return Err(RepoError::Map {
+                                            file: MAP_FILE.into(),
+                                            message: format!("`{src}` changed while listing"),
+                                        });
+                                    }
+                                    out.push(self.item(m, src, m.dest.join(&child)?, meta));
                                 }
                                 _ => {
                                     return Err(RepoError::Map {
                                         file: MAP_FILE.into(),
                                         message: format!(
                                             "`{}/{}` is a symlink or special file; only regular files are synced",
-                                            dir,
+                                            match &sub {
+                                                None => m.src.clone(),
+                                                Some(s) => m.src.join(s)?,
+                                            },
                                             name.escape_debug()
                                         ),
                                     });
@@ -328,10 +340,10 @@ impl Repo {
         Ok(out)
     }
 
-    fn item(&self, m: &Mapping, src: RelPath, dest: RelPath, disk_mode: u32) -> Item {
+    fn item(&self, m: &Mapping, src: RelPath, dest: RelPath, meta: qpm_fs::Meta) -> Item {
         let mode = m
             .mode
-            .unwrap_or(if disk_mode & 0o111 != 0 { 0o755 } else { 0o644 });
+            .unwrap_or(if meta.mode & 0o111 != 0 { 0o755 } else { 0o644 });
         Item {
             src,
             tree: m.tree,
@@ -341,6 +353,7 @@ impl Repo {
             gid: m.gid,
             secret: m.secret,
             persist: m.persist,
+            stat: Some(meta),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! with one target over any byte channel, persistence through the Admin
 //! API, and the sender's own record of what it pushed.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -100,12 +99,12 @@ pub fn ensure_persistence(
         qube: qube.into(),
         message: m,
     };
+    if wanted.is_empty() {
+        // Nothing to persist: no Admin API call at all.
+        return Ok((PersistVia::BindDirs, Vec::new()));
+    }
     let on = match admin.feature(qube, "service.custom-persist") {
         Ok(v) => v.is_some_and(|v| !v.is_empty() && v != "0"),
-        Err(e) if wanted.is_empty() => {
-            let _ = e;
-            false
-        }
         Err(e) => return Err(err(format!("reading feature service.custom-persist: {e}"))),
     };
     if !on {
@@ -173,61 +172,127 @@ pub fn ensure_persistence(
     Ok((PersistVia::CustomPersist, notes))
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct CacheEntry {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
     ino: u64,
-    hash: String,
+    hash: [u8; 32],
 }
 
-/// Stat cache of repository file hashes (in the sender's state directory).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+/// Bytes of a [`CacheEntry`] in the cache file, besides its path.
+const CACHE_ENTRY_FIXED: usize = 2 + 8 + 16 + 16 + 8 + 32;
+
+/// Stat cache of repository file hashes (`hash-cache.bin` in the sender's
+/// state directory): `QPMC`, version `u16` (1), count `u32`, then per
+/// file its path length `u16`, path, size `u64`, mtime and ctime (`i128`
+/// nanoseconds), inode `u64` and BLAKE3 (32 bytes), big-endian. A damaged
+/// or missing file is an empty cache (every file is hashed again).
+#[derive(Debug, Default)]
 pub struct HashCache {
-    files: BTreeMap<String, CacheEntry>,
-    #[serde(skip)]
+    files: std::collections::HashMap<String, CacheEntry>,
     dirty: bool,
 }
 
 impl HashCache {
+    const FILE: &str = "hash-cache.bin";
+    /// Largest cache file read.
+    const MAX_BYTES: u64 = 64 * 1024 * 1024;
+
     /// Loads the cache (empty if missing or unreadable).
     pub fn load(state: &Root) -> Self {
-        RelPath::new("hash-cache.json")
+        RelPath::new(Self::FILE)
             .ok()
-            .and_then(|p| state.read_limited(&p, 64 * 1024 * 1024).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|p| state.read_limited(&p, Self::MAX_BYTES).ok())
+            .and_then(|b| Self::decode(&b))
             .unwrap_or_default()
     }
 
-    /// Saves the cache if it changed.
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = b.strip_prefix(b"QPMC\x00\x01")?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (a, rest) = c.split_at_checked(n)?;
+            c = rest;
+            Some(a)
+        };
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        let mut files = std::collections::HashMap::with_capacity(
+            (count as usize).min(b.len() / CACHE_ENTRY_FIXED),
+        );
+        for _ in 0..count {
+            let plen = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
+            let path = std::str::from_utf8(take(plen)?).ok()?.to_owned();
+            let e = CacheEntry {
+                size: u64::from_be_bytes(take(8)?.try_into().ok()?),
+                mtime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
+                ctime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
+                ino: u64::from_be_bytes(take(8)?.try_into().ok()?),
+                hash: take(32)?.try_into().ok()?,
+            };
+            files.insert(path, e);
+        }
+        c.is_empty().then_some(Self {
+            files,
+            dirty: false,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10 + self.files.len() * (CACHE_ENTRY_FIXED + 48));
+        out.extend_from_slice(b"QPMC\x00\x01");
+        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
+        for (p, e) in &self.files {
+            let pb = p.as_bytes();
+            out.extend_from_slice(&(pb.len() as u16).to_be_bytes());
+            out.extend_from_slice(pb);
+            out.extend_from_slice(&e.size.to_be_bytes());
+            out.extend_from_slice(&e.mtime_ns.to_be_bytes());
+            out.extend_from_slice(&e.ctime_ns.to_be_bytes());
+            out.extend_from_slice(&e.ino.to_be_bytes());
+            out.extend_from_slice(&e.hash);
+        }
+        out
+    }
+
+    /// Saves the cache if it changed (not fsynced: a lost cache only
+    /// costs hashing again).
     pub fn save(&self, state: &Root) -> Result<()> {
         if self.dirty {
-            let b = serde_json::to_vec(self).unwrap_or_default();
-            state.write_atomic(&RelPath::new("hash-cache.json")?, &b, 0o600)?;
+            let mut t = state.create_temp(None, 0o600)?;
+            t.write_all(&self.encode())?;
+            t.persist_as(Self::FILE)?;
+            // The earlier (JSON) cache.
+            state.remove_file(&RelPath::new("hash-cache.json")?)?;
         }
         Ok(())
     }
 
     /// Size and BLAKE3 of a repository file, from the cache when its stat
     /// matches.
-    pub fn hash(&mut self, repo: &Root, src: &RelPath) -> Result<(u64, [u8; 32])> {
-        let m = repo
-            .metadata(src)?
-            .ok_or_else(|| qpm_fs::Error::WrongType {
-                expected: "regular file",
-                path: src.to_string(),
-            })?;
+    /// `seen` is the metadata from listing the repository, if known.
+    pub fn hash(
+        &mut self,
+        repo: &Root,
+        src: &RelPath,
+        seen: Option<qpm_fs::Meta>,
+    ) -> Result<(u64, [u8; 32])> {
+        let m = match seen {
+            Some(m) => m,
+            None => repo
+                .metadata(src)?
+                .ok_or_else(|| qpm_fs::Error::WrongType {
+                    expected: "regular file",
+                    path: src.to_string(),
+                })?,
+        };
         if let Some(c) = self.files.get(src.as_str()) {
             if c.size == m.size
                 && c.mtime_ns == m.mtime_ns
                 && c.ctime_ns == m.ctime_ns
                 && c.ino == m.ino
             {
-                let mut h = [0u8; 32];
-                if hex::decode_to_slice(&c.hash, &mut h).is_ok() {
-                    return Ok((m.size, h));
-                }
+                return Ok((m.size, c.hash));
             }
         }
         let data = repo.read_limited(src, proto::MAX_FILE_SIZE)?;
@@ -239,7 +304,7 @@ impl HashCache {
                 mtime_ns: m.mtime_ns,
                 ctime_ns: m.ctime_ns,
                 ino: m.ino,
-                hash: hex::encode(h),
+                hash: h,
             },
         );
         self.dirty = true;
@@ -257,7 +322,7 @@ pub fn manifest(
 ) -> Result<Manifest> {
     let mut entries = Vec::with_capacity(items.len());
     for it in items {
-        let (size, hash) = cache.hash(repo.root(), &it.src)?;
+        let (size, hash) = cache.hash(repo.root(), &it.src, it.stat)?;
         let mut f = 0u8;
         if it.secret {
             f |= flags::SECRET;
@@ -293,13 +358,15 @@ pub fn push<W: Write>(
     repo: &Repo,
     m: &Manifest,
     items: &[Item],
-    mut w: W,
+    w: W,
     r: &mut dyn Read,
 ) -> Result<Outcome> {
     let perr = |e: proto::ProtoError| SendError::Proto {
         qube: qube.into(),
         source: e,
     };
+    // Frames are small: batch them into few pipe writes.
+    let mut w = std::io::BufWriter::with_capacity(256 * 1024, w);
     let enc = m.encode();
     if enc.len() > proto::MAX_MANIFEST_BYTES as usize || m.entries.len() > proto::MAX_FILES as usize
     {
@@ -336,6 +403,7 @@ pub fn push<W: Write>(
         };
         let mut f = repo.root().open_read(&it.src)?;
         buf.clear();
+        buf.reserve(usize::try_from(e.size).unwrap_or(0).saturating_add(5));
         buf.extend_from_slice(&i.to_be_bytes());
         (&mut f)
             .take(e.size.saturating_add(1))
@@ -486,131 +554,136 @@ impl SenderState {
         &self.root
     }
 
-    fn pushed_dir(qube: &str) -> Result<RelPath> {
+    fn record_path(qube: &str) -> Result<RelPath> {
         if !qube_ok(qube) {
             return Err(SendError::Limit {
                 qube: qube.escape_debug().to_string(),
                 message: "invalid qube name".into(),
             });
         }
-        Ok(RelPath::new(&format!("pushed/{qube}"))?)
+        Ok(RelPath::new(&format!("pushed/{qube}.rec"))?)
     }
 
-    fn content_path(qube: &str, tree: Tree, dest: &RelPath) -> Result<RelPath> {
-        let t = match tree {
-            Tree::Home => "home",
-            Tree::System => "system",
-        };
-        Ok(RelPath::new(&format!(
-            "pushed/{qube}/{t}/{}",
-            dest.as_str()
-        ))?)
+    /// The record of the last push to `qube` (empty when there is none or
+    /// it is unreadable: the next plan then shows every file as new).
+    fn load_record(&self, qube: &str) -> Result<PushRecord> {
+        let p = Self::record_path(qube)?;
+        Ok(match self.root.read_limited(&p, PushRecord::MAX_BYTES) {
+            Ok(b) => PushRecord::decode(&b).unwrap_or_default(),
+            Err(_) => PushRecord::default(),
+        })
     }
 
     /// What a push would change in `qube`, against what was last pushed.
-    pub fn plan(&self, repo: &Repo, qube: &str, items: &[Item]) -> Result<Vec<Planned>> {
+    /// Unchanged files are recognised by their hash (from the stat cache),
+    /// so only changed files are read.
+    pub fn plan(
+        &self,
+        repo: &Repo,
+        cache: &mut HashCache,
+        qube: &str,
+        items: &[Item],
+    ) -> Result<Vec<Planned>> {
+        let rec = self.load_record(qube)?;
         let mut out = Vec::new();
         let mut listed = std::collections::BTreeSet::new();
         for it in items {
-            let p = Self::content_path(qube, it.tree, &it.dest)?;
-            listed.insert(p.as_str().to_owned());
-            let new = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
-            let old = match self.root.metadata(&p)? {
-                Some(_) => Some(self.root.read_limited(&p, proto::MAX_FILE_SIZE)?),
-                None => None,
-            };
-            let mode_changed = self
-                .root
-                .metadata(&p)?
-                .is_some_and(|m| m.mode != u32::from(it.mode));
-            let change = match &old {
+            listed.insert((it.tree, it.dest.as_str()));
+            let (_, hash) = cache.hash(repo.root(), &it.src, it.stat)?;
+            let old = rec.get(it.tree, it.dest.as_str());
+            let change = match old {
                 None => "new",
-                Some(o) if *o != new => "modified",
-                Some(_) if mode_changed => "mode",
+                Some(o) if o.hash != hash => "modified",
+                Some(o) if o.mode != it.mode => "mode",
                 Some(_) => continue,
+            };
+            let new = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
+            let old_content = old.and_then(|o| rec.content(o));
+            let diff = match (old, old_content) {
+                (Some(o), None) => format!(
+                    "{} (previous version of {} bytes not kept for diffs; new version {} bytes)\n",
+                    crate::diff::escape_line(&it.display()),
+                    o.size,
+                    new.len()
+                ),
+                _ => crate::diff::unified(&it.display(), old_content, Some(&new), it.secret),
             };
             out.push(Planned {
                 change,
                 path: crate::diff::escape_line(&it.display()),
-                diff: crate::diff::unified(&it.display(), old.as_deref(), Some(&new), it.secret),
+                diff,
             });
         }
-        let dir = Self::pushed_dir(qube)?;
-        if self.root.metadata(&dir)?.is_some() {
-            let mut stack = vec![dir];
-            while let Some(d) = stack.pop() {
-                for (name, kind) in self.root.read_dir(Some(&d))? {
-                    let c = d.join(&RelPath::new(&name)?)?;
-                    match kind {
-                        qpm_fs::Kind::Dir => stack.push(c),
-                        _ if !listed.contains(c.as_str())
-                            && !name.starts_with(qpm_fs::TEMP_PREFIX) =>
-                        {
-                            let rest = c
-                                .as_str()
-                                .split_once('/')
-                                .and_then(|(_, r)| r.split_once('/'))
-                                .map(|(_, r)| r)
-                                .unwrap_or("");
-                            let shown = match rest.split_once('/') {
-                                Some(("home", p)) => format!("~/{p}"),
-                                Some((_, p)) => format!("/{p}"),
-                                None => rest.to_owned(),
-                            };
-                            out.push(Planned { change: "deleted", path: crate::diff::escape_line(&shown), diff: format!("{} removed from the repository (deleted in the qube only if unchanged there)\n", crate::diff::escape_line(&shown)) });
-                        }
-                        _ => {}
-                    }
-                }
+        for e in &rec.entries {
+            if listed.contains(&(e.tree, e.path.as_str())) {
+                continue;
             }
+            let shown = crate::diff::escape_line(&format!("{}{}", e.tree.prefix(), e.path));
+            out.push(Planned {
+                change: "deleted",
+                diff: format!(
+                    "{shown} removed from the repository (deleted in the qube only if unchanged there)\n"
+                ),
+                path: shown,
+            });
         }
         Ok(out)
     }
 
-    /// Records a successful push (content copies for the next plan). Only
-    /// files whose recorded copy differs are rewritten; copies of files no
-    /// longer pushed are removed.
-    pub fn record_push(&self, repo: &Repo, qube: &str, items: &[Item]) -> Result<()> {
-        let dir = Self::pushed_dir(qube)?;
-        let mut keep = std::collections::BTreeSet::new();
-        for it in items {
-            let p = Self::content_path(qube, it.tree, &it.dest)?;
-            keep.insert(p.as_str().to_owned());
-            let data = repo.root().read_limited(&it.src, proto::MAX_FILE_SIZE)?;
-            if let Some(m) = self.root.metadata(&p)? {
-                if m.size == data.len() as u64
-                    && m.mode == u32::from(it.mode)
-                    && self.root.read_limited(&p, proto::MAX_FILE_SIZE)? == data
-                {
-                    continue;
-                }
-            }
-            if let Some(parent) = p.parent() {
-                self.root
-                    .create_dirs(&parent, 0o700, &DirPolicy::default())?;
-            }
-            let mut t = self
-                .root
-                .create_temp(p.parent().as_ref(), u32::from(it.mode))?;
-            t.write_all(&data)?;
-            let tmp = t.finish();
-            self.root.rename(&tmp, &self.root, &p)?;
+    /// Records a successful push of manifest `m` (built from `items`): what
+    /// was sent, with the content of files small enough to diff, in one
+    /// file per qube. Nothing is written when the record is unchanged. The
+    /// record only serves `plan`, so it is not fsynced.
+    pub fn record_push(&self, repo: &Repo, qube: &str, items: &[Item], m: &Manifest) -> Result<()> {
+        let old = self.load_record(qube)?;
+        let same = old.entries.len() == m.entries.len()
+            && old.entries.iter().zip(&m.entries).all(|(o, e)| {
+                o.tree == e.tree
+                    && o.path == e.path.as_str()
+                    && o.hash == e.hash
+                    && o.mode == e.mode
+            });
+        if same {
+            return Ok(());
         }
-        if self.root.metadata(&dir)?.is_some() {
-            let mut stack = vec![dir];
-            while let Some(d) = stack.pop() {
-                for (name, kind) in self.root.read_dir(Some(&d))? {
-                    let c = d.join(&RelPath::new(&name)?)?;
-                    match kind {
-                        qpm_fs::Kind::Dir => stack.push(c),
-                        _ if !keep.contains(c.as_str()) => {
-                            self.root.remove_file(&c)?;
-                        }
-                        _ => {}
-                    }
-                }
-            }
+        let mut new = PushRecord::default();
+        for (it, e) in items.iter().zip(&m.entries) {
+            let keep = e.size <= PushRecord::KEEP_MAX;
+            let content = if !keep {
+                None
+            } else if let Some(c) = old
+                .get(e.tree, e.path.as_str())
+                .filter(|o| o.hash == e.hash)
+                .and_then(|o| old.content(o))
+            {
+                Some(c.to_vec())
+            } else {
+                // What was sent, unless it changed since.
+                repo.root()
+                    .read_limited(&it.src, proto::MAX_FILE_SIZE)
+                    .ok()
+                    .filter(|d| blake3::hash(d).as_bytes() == &e.hash)
+            };
+            new.push(
+                e.tree,
+                e.path.as_str(),
+                e.mode,
+                e.size,
+                e.hash,
+                e.flags & flags::SECRET != 0,
+                content,
+            );
         }
+        let p = Self::record_path(qube)?;
+        self.root
+            .create_dirs(&RelPath::new("pushed")?, 0o700, &DirPolicy::default())?;
+        let mut t = self.root.create_temp(p.parent().as_ref(), 0o600)?;
+        t.write_all(&new.encode())?;
+        let tmp = t.finish();
+        self.root.rename(&tmp, &self.root, &p)?;
+        // Records of the earlier format: one copy per file.
+        self.root
+            .remove_tree(&RelPath::new(&format!("pushed/{qube}"))?)?;
         Ok(())
     }
 
@@ -636,6 +709,161 @@ impl SenderState {
     }
 }
 
+/// One file of a [`PushRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecEntry {
+    tree: Tree,
+    path: String,
+    mode: u16,
+    size: u64,
+    hash: [u8; 32],
+    secret: bool,
+    /// Offset of the kept content in `data`, if kept.
+    content: Option<usize>,
+}
+
+/// What was last pushed to one qube (`pushed/<qube>.rec`): per file its
+/// tree, path, mode, size and hash, and the content of files up to
+/// [`PushRecord::KEEP_MAX`] bytes for diffs.
+///
+/// Format: `QPMR`, version `u16` (1), count `u32`, then per file: tree
+/// `u8`, flags `u8` (1 secret, 2 content kept), mode `u16`, size `u64`,
+/// hash (32 bytes), path length `u16`, path; then the kept contents in
+/// entry order. All integers big-endian.
+#[derive(Debug, Clone, Default)]
+struct PushRecord {
+    entries: Vec<RecEntry>,
+    index: std::collections::HashMap<(Tree, String), usize>,
+    data: Vec<u8>,
+}
+
+impl PushRecord {
+    /// Largest file whose content is kept for diffs.
+    const KEEP_MAX: u64 = crate::diff::MAX_DIFF_INPUT as u64;
+    /// Largest record file read.
+    const MAX_BYTES: u64 = proto::MAX_TOTAL_SIZE + proto::MAX_MANIFEST_BYTES as u64;
+
+    fn get(&self, tree: Tree, path: &str) -> Option<&RecEntry> {
+        self.index
+            .get(&(tree, path.to_owned()))
+            .and_then(|&i| self.entries.get(i))
+    }
+
+    fn content(&self, e: &RecEntry) -> Option<&[u8]> {
+        let start = e.content?;
+        let end = start.checked_add(usize::try_from(e.size).ok()?)?;
+        self.data.get(start..end)
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one field each")]
+    fn push(
+        &mut self,
+        tree: Tree,
+        path: &str,
+        mode: u16,
+        size: u64,
+        hash: [u8; 32],
+        secret: bool,
+        content: Option<Vec<u8>>,
+    ) {
+        let off = content.map(|c| {
+            let o = self.data.len();
+            self.data.extend_from_slice(&c);
+            o
+        });
+        self.index
+            .insert((tree, path.to_owned()), self.entries.len());
+        self.entries.push(RecEntry {
+            tree,
+            path: path.to_owned(),
+            mode,
+            size,
+            hash,
+            secret,
+            content: off,
+        });
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10 + self.entries.len() * 64 + self.data.len());
+        out.extend_from_slice(b"QPMR");
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        for e in &self.entries {
+            out.push(e.tree as u8);
+            out.push(u8::from(e.secret) | if e.content.is_some() { 2 } else { 0 });
+            out.extend_from_slice(&e.mode.to_be_bytes());
+            out.extend_from_slice(&e.size.to_be_bytes());
+            out.extend_from_slice(&e.hash);
+            let p = e.path.as_bytes();
+            out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        for e in &self.entries {
+            if let Some(c) = self.content(e) {
+                out.extend_from_slice(c);
+            }
+        }
+        out
+    }
+
+    /// Decodes a record; `None` when it is damaged.
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = b.strip_prefix(b"QPMR")?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (a, rest) = c.split_at_checked(n)?;
+            c = rest;
+            Some(a)
+        };
+        if take(2)? != 1u16.to_be_bytes() {
+            return None;
+        }
+        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        if count > proto::MAX_FILES {
+            return None;
+        }
+        let mut r = Self::default();
+        let mut sizes = Vec::new();
+        for _ in 0..count {
+            let tree = match take(1)?.first()? {
+                0 => Tree::Home,
+                1 => Tree::System,
+                _ => return None,
+            };
+            let fl = *take(1)?.first()?;
+            let mode = u16::from_be_bytes(take(2)?.try_into().ok()?);
+            let size = u64::from_be_bytes(take(8)?.try_into().ok()?);
+            let hash: [u8; 32] = take(32)?.try_into().ok()?;
+            let plen = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
+            let path = std::str::from_utf8(take(plen)?).ok()?.to_owned();
+            sizes.push((fl & 2 != 0).then_some(size));
+            r.index.insert((tree, path.clone()), r.entries.len());
+            r.entries.push(RecEntry {
+                tree,
+                path,
+                mode,
+                size,
+                hash,
+                secret: fl & 1 != 0,
+                content: None,
+            });
+        }
+        let mut off = 0usize;
+        for (e, s) in r.entries.iter_mut().zip(sizes) {
+            if let Some(s) = s {
+                let s = usize::try_from(s).ok()?;
+                e.content = Some(off);
+                off = off.checked_add(s)?;
+            }
+        }
+        if off != c.len() {
+            return None;
+        }
+        r.data = c.to_vec();
+        Some(r)
+    }
+}
+
 /// Default sender state directory: `$XDG_STATE_HOME/qpm/sync` or
 /// `~/.local/state/qpm/sync`.
 pub fn default_state_dir() -> PathBuf {
@@ -655,6 +883,54 @@ pub fn is_success(o: &Outcome) -> bool {
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    #[test]
+    fn hash_cache_roundtrip_and_damage() {
+        let mut c = HashCache::default();
+        c.files.insert(
+            "a/b".into(),
+            CacheEntry {
+                size: 3,
+                mtime_ns: -5,
+                ctime_ns: 1 << 70,
+                ino: 9,
+                hash: [7; 32],
+            },
+        );
+        let b = c.encode();
+        let d = HashCache::decode(&b).unwrap();
+        assert_eq!(d.files, c.files);
+        for n in 0..b.len() {
+            assert!(HashCache::decode(&b[..n]).is_none(), "truncated at {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(HashCache::decode(&long).is_none());
+    }
+
+    #[test]
+    fn push_record_roundtrip() {
+        let mut r = PushRecord::default();
+        r.push(
+            Tree::Home,
+            ".gitconfig",
+            0o644,
+            3,
+            [1; 32],
+            false,
+            Some(b"abc".to_vec()),
+        );
+        r.push(Tree::System, "etc/big", 0o600, 1 << 30, [2; 32], true, None);
+        let b = r.encode();
+        let d = PushRecord::decode(&b).unwrap();
+        assert_eq!(d.entries, r.entries);
+        let e = d.get(Tree::Home, ".gitconfig").unwrap();
+        assert_eq!(d.content(e), Some(&b"abc"[..]));
+        assert_eq!(d.content(d.get(Tree::System, "etc/big").unwrap()), None);
+        for n in 0..b.len() {
+            assert!(PushRecord::decode(&b[..n]).is_none(), "truncated at {n}");
+        }
+    }
     use std::collections::HashMap;
 
     #[derive(Default)]
@@ -687,6 +963,7 @@ mod tests {
             gid: 0,
             secret: false,
             persist: true,
+            stat: None,
         }
     }
 

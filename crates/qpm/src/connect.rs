@@ -324,7 +324,6 @@ pub(crate) fn mgmt_name(ctx: &Ctx) -> Result<String> {
 
 /// Opens a qrexec call to a non-Admin-API service (`qpm.SyncConfig`, ...)
 /// on `dest`, through the same transport.
-#[allow(dead_code, reason = "used by the commands that call qube services")]
 pub(crate) fn qrexec_call(ctx: &Ctx, dest: &str, service_and_arg: &str) -> Result<ServiceConn> {
     let client = admin(ctx)?;
     client.service(dest, service_and_arg).with_context(|| {

@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -75,19 +75,41 @@ pub(crate) enum SyncCommand {
     },
 }
 
-/// Admin API access until the client lands: none. Tags then resolve to
-/// nothing (qubes must be named), and persistence falls back to bind-dirs.
-struct NoAdmin;
+/// The Admin API, reached only when needed (tags in the map, persisted
+/// system files): through the same transport as every qpm command (the
+/// simulator elsewhere than in a qube).
+struct LazyAdmin<'a> {
+    ctx: &'a Ctx,
+    client: std::cell::OnceCell<Result<qpm_admin::Client, String>>,
+}
 
-impl AdminPort for NoAdmin {
-    fn tags(&self, _: &str) -> Result<Vec<String>, String> {
-        Err("the Admin API client is not available".into())
+impl<'a> LazyAdmin<'a> {
+    fn new(ctx: &'a Ctx) -> Self {
+        Self {
+            ctx,
+            client: std::cell::OnceCell::new(),
+        }
     }
-    fn feature(&self, _: &str, _: &str) -> Result<Option<String>, String> {
-        Err("the Admin API client is not available".into())
+
+    fn get(&self) -> Result<&qpm_admin::Client, String> {
+        self.client
+            .get_or_init(|| crate::connect::admin(self.ctx).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(Clone::clone)
     }
-    fn set_feature(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
-        Err("the Admin API client is not available".into())
+}
+
+impl AdminPort for LazyAdmin<'_> {
+    fn tags(&self, qube: &str) -> Result<Vec<String>, String> {
+        self.get()?.tags(qube).map_err(|e| e.to_string())
+    }
+    fn feature(&self, qube: &str, name: &str) -> Result<Option<String>, String> {
+        self.get()?.feature(qube, name).map_err(|e| e.to_string())
+    }
+    fn set_feature(&self, qube: &str, name: &str, value: &str) -> Result<(), String> {
+        self.get()?
+            .set_feature(qube, name, value)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -109,12 +131,15 @@ fn source_name() -> String {
 
 /// A qrexec call to `qpm.SyncConfig` in `qube`.
 struct Call {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: ChildStdout,
+    stdin: Option<Box<dyn Write + Send>>,
+    stdout: Box<dyn std::io::Read + Send>,
+    wait: Box<dyn FnOnce() -> Option<i32>>,
 }
 
-fn connect(qube: &str) -> Result<Call> {
+/// Exit status of a call qrexec refused.
+const REFUSED: i32 = 126;
+
+fn connect(ctx: &Ctx, qube: &str) -> Result<Call> {
     if !qube
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -123,39 +148,61 @@ fn connect(qube: &str) -> Result<Call> {
     {
         bail!("invalid qube name `{}`", qube.escape_debug());
     }
-    let client = std::env::var("QPM_QREXEC_CLIENT").unwrap_or_else(|_| "qrexec-client-vm".into());
-    let mut child = Command::new(&client)
-        .arg("--")
-        .arg(qube)
-        .arg("qpm.SyncConfig")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting `{client}` for qube `{qube}`"))?;
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take().context("no stdout")?;
+    // An explicit client program (a stand-in in tests and benchmarks).
+    if let Ok(client) = std::env::var("QPM_QREXEC_CLIENT") {
+        let mut child = Command::new(&client)
+            .arg("--")
+            .arg(qube)
+            .arg("qpm.SyncConfig")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting `{client}` for qube `{qube}`"))?;
+        let stdin: Option<Box<dyn Write + Send>> = child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Write + Send>);
+        let stdout = Box::new(child.stdout.take().context("no stdout")?);
+        return Ok(Call {
+            stdin,
+            stdout,
+            wait: Box::new(move || child.wait().ok().and_then(|s| s.code())),
+        });
+    }
+    let mut conn = crate::connect::qrexec_call(ctx, qube, "qpm.SyncConfig")?;
+    let stdin = conn.stdin.take();
+    let stdout = std::mem::replace(&mut conn.stdout, Box::new(std::io::empty()));
+    let mut stderr = std::mem::replace(&mut conn.stderr, Box::new(std::io::empty()));
+    // The agent's own messages, passed on (and never left to fill a pipe).
+    let relay = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut stderr, &mut std::io::stderr());
+    });
     Ok(Call {
-        child,
         stdin,
         stdout,
+        wait: Box::new(move || {
+            let st = conn.wait().ok();
+            let _ = relay.join();
+            st
+        }),
     })
 }
 
 impl Call {
     fn finish(mut self) -> Option<i32> {
         drop(self.stdin.take());
-        self.child.wait().ok().and_then(|s| s.code())
+        (self.wait)()
     }
 }
 
-struct Setup {
+struct Setup<'a> {
     repo: Repo,
     state: SenderState,
-    admin: NoAdmin,
+    admin: LazyAdmin<'a>,
 }
 
-fn setup(r: &RepoArgs) -> Result<Setup> {
+fn setup<'a>(ctx: &'a Ctx, r: &RepoArgs) -> Result<Setup<'a>> {
     let path = expand(&r.repo);
     let repo = Repo::load(&path)
         .with_context(|| format!("loading the config repository {}", path.display()))?;
@@ -165,7 +212,7 @@ fn setup(r: &RepoArgs) -> Result<Setup> {
     Ok(Setup {
         repo,
         state,
-        admin: NoAdmin,
+        admin: LazyAdmin::new(ctx),
     })
 }
 
@@ -217,13 +264,14 @@ pub(crate) fn run(cmd: SyncCommand, ctx: &Ctx) -> Result<Status> {
 }
 
 fn plan(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
-    let s = setup(r)?;
+    let s = setup(ctx, r)?;
+    let mut cache = HashCache::load(s.state.root());
     let mut out = std::io::stdout().lock();
     let mut doc = Vec::new();
     let mut any = false;
     for q in targets(&s, qubes) {
         let it = items(&s, &q)?;
-        let changes = s.state.plan(&s.repo, &q, &it)?;
+        let changes = s.state.plan(&s.repo, &mut cache, &q, &it)?;
         any |= !changes.is_empty();
         if ctx.json {
             doc.push(serde_json::json!({"qube": q, "files": it.len(), "changes": changes}));
@@ -245,12 +293,13 @@ fn plan(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
     if ctx.json {
         writeln!(out, "{}", serde_json::json!({"version": 1, "qubes": doc}))?;
     }
+    cache.save(s.state.root())?;
     let _ = any;
     Ok(Status::Success)
 }
 
 fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
-    let s = setup(r)?;
+    let s = setup(ctx, r)?;
     let mut cache = HashCache::load(s.state.root());
     let source = source_name();
     let mut all_ok = true;
@@ -270,7 +319,7 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
             }
         }
         let m = sender::manifest(&s.repo, &mut cache, &source, &it, via)?;
-        let mut call = connect(&q)?;
+        let mut call = connect(ctx, &q)?;
         let stdin = call.stdin.take().context("no stdin")?;
         let res = sender::push(&q, &s.repo, &m, &it, stdin, &mut call.stdout);
         let exit = call.finish();
@@ -278,7 +327,13 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
             Ok(o) => o,
             Err(e) => {
                 all_ok = false;
-                eprintln!("error: {q}: {e} (exit status {exit:?})");
+                if exit == Some(REFUSED) {
+                    eprintln!(
+                        "error: {q}: the call was refused by qrexec policy (has dom0 granted it? `qpm-dom0 sync-grant {q}`)"
+                    );
+                } else {
+                    eprintln!("error: {q}: {e} (exit status {exit:?})");
+                }
                 results.push(serde_json::json!({"qube": q, "error": e.to_string()}));
                 continue;
             }
@@ -286,7 +341,7 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
         let ok = sender::is_success(&o);
         all_ok &= ok;
         if ok && matches!(o.code, qpm_sync::proto::Code::Applied) {
-            s.state.record_push(&s.repo, &q, &it)?;
+            s.state.record_push(&s.repo, &q, &it, &m)?;
         }
         s.state.log(&LogEntry {
             time: std::time::SystemTime::now()
@@ -320,12 +375,12 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
 }
 
 fn status(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
-    let s = setup(r)?;
+    let s = setup(ctx, r)?;
     let source = source_name();
     let mut rows = Vec::new();
     let mut ok = true;
     for q in targets(&s, qubes) {
-        let mut call = connect(&q)?;
+        let mut call = connect(ctx, &q)?;
         let stdin = call.stdin.take().context("no stdin")?;
         let res = sender::status(&q, &source, stdin, &mut call.stdout);
         call.finish();
@@ -359,7 +414,7 @@ fn status(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
 }
 
 fn log(ctx: &Ctx, r: &RepoArgs) -> Result<Status> {
-    let s = setup(r)?;
+    let s = setup(ctx, r)?;
     let entries = s.state.read_log();
     if ctx.json {
         println!("{}", serde_json::json!({"version": 1, "log": entries}));
@@ -375,7 +430,7 @@ fn log(ctx: &Ctx, r: &RepoArgs) -> Result<Status> {
 }
 
 fn capture(ctx: &Ctx, r: &RepoArgs, qube: &str, path: &str, yes: bool) -> Result<Status> {
-    let s = setup(r)?;
+    let s = setup(ctx, r)?;
     let (tree, rel) = if let Some(p) = path.strip_prefix("~/") {
         (Tree::Home, p)
     } else if let Some(p) = path.strip_prefix('/') {
@@ -387,7 +442,7 @@ fn capture(ctx: &Ctx, r: &RepoArgs, qube: &str, path: &str, yes: bool) -> Result
         );
     };
     let rel = RelPath::new(rel)?;
-    let mut call = connect(qube)?;
+    let mut call = connect(ctx, qube)?;
     let stdin = call.stdin.take().context("no stdin")?;
     let content = sender::capture(qube, &source_name(), tree, &rel, stdin, &mut call.stdout);
     call.finish();
