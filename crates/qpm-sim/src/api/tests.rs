@@ -690,7 +690,7 @@ fn labels_features_firewall_volumes() {
     );
     assert_eq!(
         t.ok("dom0", "admin.vm.firewall.Get", "work", "", ""),
-        "action=accept proto=tcp dstports=443\naction=drop\n"
+        "action=accept proto=tcp dstports=443-443\naction=drop\n"
     );
     assert_eq!(
         t.err("dom0", "admin.vm.firewall.Get", "dom0", "", ""),
@@ -855,5 +855,81 @@ fn destination_and_generic_checks() {
     assert_eq!(
         t.err("nope", "admin.vm.List", "dom0", "", ""),
         "QubesVMNotFoundError"
+    );
+}
+
+#[test]
+fn firewall_rules_as_qubesd_parses_and_prints_them() {
+    let mut t = T::new();
+    // what qvm-firewall sends: dst4/dst6 keys, dsthost for names; qubesd
+    // prints its own order, the address kind, ports as a range
+    t.ok(
+        "dom0",
+        "admin.vm.firewall.Set",
+        "work",
+        "",
+        "action=drop dst4=10.0.0.0/8\n\
+         action=accept dsthost=example.com proto=tcp dstports=443-443\n\
+         action=accept dst6=fd00::1\n\
+         action=accept specialtarget=dns\n\
+         action=accept proto=icmp icmptype=8\n\
+         action=accept expire=4102444800 comment=until 2100\n\
+         action=accept expire=1000000000 comment=long gone\n",
+    );
+    assert_eq!(
+        t.ok("dom0", "admin.vm.firewall.Get", "work", "", ""),
+        "action=drop dst4=10.0.0.0/8\n\
+         action=accept dsthost=example.com proto=tcp dstports=443-443\n\
+         action=accept dst6=fd00::1/128\n\
+         action=accept specialtarget=dns\n\
+         action=accept proto=icmp icmptype=8\n\
+         action=accept expire=4102444800 comment=until 2100\n"
+    );
+    // a rule qubesd's Rule class refuses raises a plain ValueError: the
+    // call is aborted and the rules stay as they were
+    for bad in [
+        "action=accept dstports=80",
+        "action=accept dst4=1.2.3.4 dsthost=5.6.7.8",
+        "action=accept bogus=1",
+        "action=allow",
+        "action=accept comment=a=b",
+    ] {
+        assert_eq!(
+            t.err("dom0", "admin.vm.firewall.Set", "work", "", bad),
+            "abort",
+            "{bad}"
+        );
+    }
+    assert!(
+        t.ok("dom0", "admin.vm.firewall.Get", "work", "", "")
+            .starts_with("action=drop dst4=10.0.0.0/8\n")
+    );
+}
+
+#[test]
+fn adminvm_cannot_be_created() {
+    let mut t = T::new();
+    let before = t.ok("dom0", "admin.vm.List", "dom0", "", "");
+    assert_eq!(
+        t.err(
+            "dom0",
+            "admin.vm.Create.AdminVM",
+            "dom0",
+            "",
+            "name=dom1 label=black"
+        ),
+        "QubesPropertyValueError"
+    );
+    assert_eq!(t.ok("dom0", "admin.vm.List", "dom0", "", ""), before);
+    // the checks before construction still come first
+    assert_eq!(
+        t.err(
+            "dom0",
+            "admin.vm.Create.AdminVM",
+            "dom0",
+            "",
+            "name=work label=black"
+        ),
+        "QubesVMAlreadyExistsError"
     );
 }
