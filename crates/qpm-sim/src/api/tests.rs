@@ -933,3 +933,33 @@ fn adminvm_cannot_be_created() {
         "QubesVMAlreadyExistsError"
     );
 }
+
+#[test]
+fn default_netvm_not_moved_to_a_halted_qube_under_running_clients() {
+    let mut t = T::new();
+    t.ok(
+        "dom0",
+        "admin.vm.Create.AppVM",
+        "dom0",
+        "fedora-41",
+        "name=net2 label=red",
+    );
+    t.ok("dom0", "admin.vm.property.Set", "net2", "provides_network", "True");
+    t.ok("dom0", "admin.vm.property.Set", "net2", "netvm", "sys-net");
+    // work starts with its netvm chain (sys-firewall, sys-net)
+    t.ok("dom0", "admin.vm.Start", "work", "", "");
+    let set = |t: &mut T| {
+        t.call("dom0", "admin.property.Set", "dom0", "default_netvm", "net2")
+    };
+    assert_eq!(set(&mut t).unwrap_err(), "QubesVMNotRunningError");
+    assert_eq!(
+        t.ok("dom0", "admin.property.Get", "dom0", "default_netvm", ""),
+        "default=False type=vm sys-firewall"
+    );
+    // qubes still connected to the running sys-firewall, even halted ones
+    t.ok("dom0", "admin.vm.Kill", "work", "", "");
+    assert_eq!(set(&mut t).unwrap_err(), "QubesVMNotRunningError");
+    // once the old default netvm is not running, the change is allowed
+    t.ok("dom0", "admin.vm.Kill", "sys-firewall", "", "");
+    assert_eq!(set(&mut t).unwrap(), "");
+}

@@ -526,6 +526,23 @@ pub(crate) fn set_global_prop(
                         ));
                     }
                 }
+                // `property-pre-set:default_netvm` (after the setter): a
+                // running default netvm with qubes connected to it is not
+                // replaced by one that is not running
+                let old = sys.global_get(name)?;
+                if let Some(oi) = old.as_ref().and_then(Val::as_vm).and_then(|n| sys.find(n))
+                    && sys.qube(oi).is_active()
+                    && !sys.qube(t).is_active()
+                    && !sys.vms_connected_to(oi).is_empty()
+                {
+                    return Err(ApiError::exc(
+                        "QubesVMNotRunningError",
+                        format!(
+                            "Cannot change 'default_netvm' to domain that is not running ('{}').",
+                            sys.qube(t).name
+                        ),
+                    ));
+                }
             }
             value
         }
