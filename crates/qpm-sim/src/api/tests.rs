@@ -944,12 +944,24 @@ fn default_netvm_not_moved_to_a_halted_qube_under_running_clients() {
         "fedora-41",
         "name=net2 label=red",
     );
-    t.ok("dom0", "admin.vm.property.Set", "net2", "provides_network", "True");
+    t.ok(
+        "dom0",
+        "admin.vm.property.Set",
+        "net2",
+        "provides_network",
+        "True",
+    );
     t.ok("dom0", "admin.vm.property.Set", "net2", "netvm", "sys-net");
     // work starts with its netvm chain (sys-firewall, sys-net)
     t.ok("dom0", "admin.vm.Start", "work", "", "");
     let set = |t: &mut T| {
-        t.call("dom0", "admin.property.Set", "dom0", "default_netvm", "net2")
+        t.call(
+            "dom0",
+            "admin.property.Set",
+            "dom0",
+            "default_netvm",
+            "net2",
+        )
     };
     assert_eq!(set(&mut t).unwrap_err(), "QubesVMNotRunningError");
     assert_eq!(

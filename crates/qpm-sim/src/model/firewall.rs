@@ -347,7 +347,10 @@ mod tests {
         assert!(expired(&r, 101.5));
         assert!(!expired(&r, 99.0));
         assert!(!expired("action=accept", 1e12));
-        assert_eq!(py_splitlines("a\nb\r\nc\rd\x0be"), ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            py_splitlines("a\nb\r\nc\rd\x0be"),
+            ["a", "b", "c", "d", "e"]
+        );
         assert_eq!(py_splitlines("a\n\nb\n"), ["a", "", "b"]);
         assert!(py_splitlines("").is_empty());
     }
