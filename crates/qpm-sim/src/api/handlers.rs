@@ -145,6 +145,9 @@ pub(crate) fn run(ctx: &mut Context<'_>, r: &Req<'_>, ev: &mut Vec<Event>) -> Ou
                 rules
                     .unwrap_or_else(|| vec!["action=accept".to_string()])
                     .into_iter()
+                    // rules a state written by an earlier simulator holds
+                    // in another text are printed in qubesd's form
+                    .map(|rule| firewall::parse_rule(&rule).unwrap_or(rule))
                     .filter(|rule| !firewall::expired(rule, now)),
             ))
         }

@@ -322,6 +322,25 @@ mod tests {
     }
 
     #[test]
+    fn printing_is_stable() {
+        for line in [
+            "action=accept",
+            "action=drop dst4=10.0.0.0/8",
+            "action=accept dst6=fd00::1/128 proto=udp dstports=53-53",
+            "action=accept dsthost=example.com proto=tcp dstports=1-1024",
+            "action=accept expire=12 specialtarget=dns comment=a b",
+            "action=accept proto=icmp icmptype=0",
+        ] {
+            assert_eq!(parse_rule(line).unwrap(), line);
+        }
+        // the text an earlier simulator stored
+        assert_eq!(
+            parse_rule("action=accept proto=tcp dsthost=1.2.3.4/32 dstports=443").unwrap(),
+            "action=accept dst4=1.2.3.4/32 proto=tcp dstports=443-443"
+        );
+    }
+
+    #[test]
     fn bad_rules_abort_as_value_errors() {
         assert!(aborted("proto=tcp"));
         assert!(aborted("action=maybe"));
