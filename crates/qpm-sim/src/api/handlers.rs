@@ -398,6 +398,19 @@ fn create(
             ));
         }
     }
+    // `create_on_disk` → `_patch_pool_config` (qubesd then removes the
+    // qube again): a snapshot volume cannot be put in another pool
+    if let Some(vol) = lifecycle::snapshot_volumes(class)
+        .iter()
+        .find(|v| pools.contains_key(**v))
+    {
+        return Err(ApiError::exc(
+            "QubesException",
+            format!(
+                "Snapshot volume {vol} must be in the same pool as its origin ({vol} volume of template),"
+            ),
+        ));
+    }
     if let Some(t) = template {
         let tq = ctx.sys.qube(t);
         match class {

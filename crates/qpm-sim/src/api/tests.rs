@@ -975,3 +975,48 @@ fn default_netvm_not_moved_to_a_halted_qube_under_running_clients() {
     t.ok("dom0", "admin.vm.Kill", "sys-firewall", "", "");
     assert_eq!(set(&mut t).unwrap(), "");
 }
+
+#[test]
+fn create_in_pool_moves_only_what_qubesd_moves() {
+    let mut t = T::new();
+    let pool_of = |t: &mut T, vm: &str, vol: &str| -> String {
+        t.ok("dom0", "admin.vm.volume.Info", vm, vol, "")
+            .lines()
+            .find_map(|l| l.strip_prefix("pool=").map(str::to_string))
+            .unwrap_or_default()
+    };
+    // pool=: the read-write volumes that are not snapshots
+    t.ok(
+        "dom0",
+        "admin.vm.CreateInPool.StandaloneVM",
+        "dom0",
+        "",
+        "name=sa label=red pool=varlibqubes",
+    );
+    assert_eq!(pool_of(&mut t, "sa", "root"), "varlibqubes");
+    assert_eq!(pool_of(&mut t, "sa", "kernel"), "linux-kernel");
+    // pool:kernel= does move the kernel volume
+    t.ok(
+        "dom0",
+        "admin.vm.CreateInPool.AppVM",
+        "dom0",
+        "fedora-41",
+        "name=k label=red pool:kernel=varlibqubes",
+    );
+    assert_eq!(pool_of(&mut t, "k", "kernel"), "varlibqubes");
+    // a snapshot volume stays with its origin
+    assert_eq!(
+        t.err(
+            "dom0",
+            "admin.vm.CreateInPool.AppVM",
+            "dom0",
+            "fedora-41",
+            "name=snap label=red pool:root=varlibqubes",
+        ),
+        "QubesException"
+    );
+    assert_eq!(
+        t.err("dom0", "admin.vm.List", "snap", "", ""),
+        "QubesVMNotFoundError"
+    );
+}

@@ -216,6 +216,7 @@ def main():
     firewall_rules()
     create_adminvm()
     default_netvm_running()
+    create_in_pool()
     print("ok", len(rows), "qubes")
 
 
@@ -300,6 +301,27 @@ def default_netvm_running():
     call("dom0", "admin.property.Set", "default_netvm", b"compat6")
     call("dom0", "admin.property.Set", "default_netvm", old.split(b" ", 2)[2])
     call("compat6", "admin.vm.Remove")
+
+
+
+
+def create_in_pool():
+    """qvm-create -P POOL / -p VOLUME=POOL (app.add_new_vm with pool/pools)."""
+    def pool_of(vm, vol):
+        info = call(vm, "admin.vm.volume.Info", vol).decode().splitlines()
+        return dict(l.split("=", 1) for l in info)["pool"]
+    call("dom0", "admin.vm.CreateInPool.AppVM", "fedora-42-xfce",
+         b"name=compat7 label=red pool=varlibqubes")
+    assert pool_of("compat7", "private") == "varlibqubes"
+    assert pool_of("compat7", "kernel") == "linux-kernel"
+    call("compat7", "admin.vm.Remove")
+    try:
+        call("dom0", "admin.vm.CreateInPool.AppVM", "fedora-42-xfce",
+             b"name=compat8 label=red pool:root=varlibqubes")
+        raise AssertionError("snapshot volume moved to another pool")
+    except QubesError as e:
+        assert e.cls == "QubesException", e
+    assert "compat8" not in vm_list()
 
 
 main()
