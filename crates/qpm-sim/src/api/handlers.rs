@@ -151,8 +151,16 @@ pub(crate) fn run(ctx: &mut Context<'_>, r: &Req<'_>, ev: &mut Vec<Event>) -> Ou
                     .filter(|rule| !firewall::expired(rule, now)),
             ))
         }
-        "admin.vm.firewall.Set" => firewall_set(ctx, r),
-        "admin.vm.firewall.Reload" => ok(),
+        "admin.vm.firewall.Set" => {
+            firewall_set(ctx, r)?;
+            // `Firewall.save()` ends with this event
+            ev.push(Event::new(&name(ctx, r.dest), "firewall-changed"));
+            ok()
+        }
+        "admin.vm.firewall.Reload" => {
+            ev.push(Event::new(&name(ctx, r.dest), "firewall-changed"));
+            ok()
+        }
         "admin.vm.notes.Get" => value(ctx.sys.qube(r.dest).notes.clone()),
         "admin.vm.notes.Set" => notes_set(ctx, r),
         "admin.deviceclass.List" => value(lines(DEVICE_CLASSES)),

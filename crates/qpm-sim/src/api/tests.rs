@@ -1020,3 +1020,41 @@ fn create_in_pool_moves_only_what_qubesd_moves() {
         "QubesVMNotFoundError"
     );
 }
+
+#[test]
+fn firewall_changes_fire_firewall_changed() {
+    let mut t = T::new();
+    let mut events = |method: &str, payload: &[u8]| {
+        let mut host = NoHost;
+        let mut ctx = Context {
+            sys: &mut t.sys,
+            filter: &AllowAll,
+            host: &mut host,
+            next_uuid: None,
+            clone_tokens: &mut t.tokens,
+        };
+        let h = handle(
+            &mut ctx,
+            Call {
+                source: b"dom0",
+                method: method.as_bytes(),
+                dest: b"work",
+                arg: b"",
+                payload,
+            },
+        );
+        h.events
+            .iter()
+            .map(|e| format!("{} {}", e.subject, e.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        events("admin.vm.firewall.Set", b"action=drop\n"),
+        ["work firewall-changed"]
+    );
+    assert_eq!(
+        events("admin.vm.firewall.Reload", b""),
+        ["work firewall-changed"]
+    );
+    assert!(events("admin.vm.firewall.Set", b"action=nope\n").is_empty());
+}
