@@ -1058,3 +1058,126 @@ fn firewall_changes_fire_firewall_changed() {
     );
     assert!(events("admin.vm.firewall.Set", b"action=nope\n").is_empty());
 }
+
+#[test]
+fn property_events_as_qubes_property_fires_them() {
+    fn evs(t: &mut T, method: &str, dest: &str, arg: &str, payload: &[u8]) -> Vec<String> {
+        let mut host = NoHost;
+        let mut ctx = Context {
+            sys: &mut t.sys,
+            filter: &AllowAll,
+            host: &mut host,
+            next_uuid: None,
+            clone_tokens: &mut t.tokens,
+        };
+        let h = handle(
+            &mut ctx,
+            Call {
+                source: b"dom0",
+                method: method.as_bytes(),
+                dest: dest.as_bytes(),
+                arg: arg.as_bytes(),
+                payload,
+            },
+        );
+        h.events
+            .iter()
+            .map(|e| {
+                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{} {} {}", e.subject, e.name, kw.join(","))
+            })
+            .collect::<Vec<_>>()
+    }
+    let mut t = T::new();
+    // oldvalue is the value before, even a default one
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "memory", b"500"),
+        [
+            "work property-pre-set:memory name=memory,newvalue=500,oldvalue=400",
+            "work property-set:memory name=memory,newvalue=500,oldvalue=400",
+        ]
+    );
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Reset", "work", "memory", b""),
+        [
+            "work property-pre-reset:memory name=memory,oldvalue=500",
+            "work property-pre-del:memory name=memory,oldvalue=500",
+            "work property-reset:memory name=memory,oldvalue=500",
+            "work property-del:memory name=memory,oldvalue=500",
+        ]
+    );
+    // str(None) for a qube set to none, '' for an empty string
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "netvm", b""),
+        [
+            "work property-pre-set:netvm name=netvm,newvalue=None,oldvalue=sys-firewall",
+            "work property-set:netvm name=netvm,newvalue=None,oldvalue=sys-firewall",
+        ]
+    );
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "kernel", b"")[1],
+        "work property-set:kernel name=kernel,newvalue=,oldvalue=6.6.1-1.fc37"
+    );
+    // a default of None is an old value; no value at all is not
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.vm.property.Set",
+            "work",
+            "backup_timestamp",
+            b"5"
+        )[0],
+        "work property-pre-set:backup_timestamp name=backup_timestamp,newvalue=5,oldvalue=None"
+    );
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.property.Reset",
+            "dom0",
+            "default_template",
+            b""
+        )[0],
+        " property-pre-reset:default_template name=default_template,oldvalue=fedora-41"
+    );
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.property.Set",
+            "dom0",
+            "default_template",
+            b"fedora-41"
+        )[0],
+        " property-pre-set:default_template name=default_template,newvalue=fedora-41"
+    );
+    // a setter refuses before the pre event...
+    assert!(evs(&mut t, "admin.vm.property.Set", "work", "netvm", b"vault").is_empty());
+    // ...a pre-set handler after it, and the pre event has been sent
+    for (m, d, a, p) in [
+        (
+            "admin.vm.Create.AppVM",
+            "dom0",
+            "fedora-41",
+            "name=net2 label=red",
+        ),
+        ("admin.vm.property.Set", "net2", "provides_network", "True"),
+        ("admin.vm.property.Set", "work", "netvm", "sys-net"),
+        ("admin.vm.property.Reset", "work", "kernel", ""),
+        ("admin.vm.Start", "work", "", ""),
+    ] {
+        t.ok("dom0", m, d, a, p);
+    }
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "netvm", b"net2"),
+        ["work property-pre-set:netvm name=netvm,newvalue=net2,oldvalue=sys-net"]
+    );
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.property.Set",
+            "dom0",
+            "default_kernel",
+            b"1.2"
+        )[0],
+        " property-pre-set:default_kernel name=default_kernel,newvalue=1.2,oldvalue=6.6.1-1.fc37"
+    );
+}
