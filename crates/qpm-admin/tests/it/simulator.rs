@@ -164,6 +164,12 @@ fn events_are_streamed() {
         "connection-established"
     );
     c.set_property(Some("work"), "memory", "999").unwrap();
+    // qubesd sends the pre event first, as it forwards every event
+    let pre = ev.next_event().unwrap().unwrap();
+    assert_eq!(
+        (pre.subject.as_str(), pre.name.as_str()),
+        ("work", "property-pre-set:memory")
+    );
     let e = ev.next_event().unwrap().unwrap();
     assert_eq!(
         (e.subject.as_str(), e.name.as_str()),

@@ -138,12 +138,29 @@ pub(crate) fn run(ctx: &mut Context<'_>, r: &Req<'_>, ev: &mut Vec<Event>) -> Ou
         "admin.vm.CreateDisposable" => create_disposable(ctx, r, ev),
         "admin.vm.firewall.Get" => {
             let rules = ctx.sys.qube(r.dest).firewall.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
             value(lines(
-                rules.unwrap_or_else(|| vec!["action=accept".to_string()]),
+                rules
+                    .unwrap_or_else(|| vec!["action=accept".to_string()])
+                    .into_iter()
+                    // rules a state written by an earlier simulator holds
+                    // in another text are printed in qubesd's form
+                    .map(|rule| firewall::parse_rule(&rule).unwrap_or(rule))
+                    .filter(|rule| !firewall::expired(rule, now)),
             ))
         }
-        "admin.vm.firewall.Set" => firewall_set(ctx, r),
-        "admin.vm.firewall.Reload" => ok(),
+        "admin.vm.firewall.Set" => {
+            firewall_set(ctx, r)?;
+            // `Firewall.save()` ends with this event
+            ev.push(Event::new(&name(ctx, r.dest), "firewall-changed"));
+            ok()
+        }
+        "admin.vm.firewall.Reload" => {
+            ev.push(Event::new(&name(ctx, r.dest), "firewall-changed"));
+            ok()
+        }
         "admin.vm.notes.Get" => value(ctx.sys.qube(r.dest).notes.clone()),
         "admin.vm.notes.Set" => notes_set(ctx, r),
         "admin.deviceclass.List" => value(lines(DEVICE_CLASSES)),
@@ -389,6 +406,19 @@ fn create(
             ));
         }
     }
+    // `create_on_disk` → `_patch_pool_config` (qubesd then removes the
+    // qube again): a snapshot volume cannot be put in another pool
+    if let Some(vol) = lifecycle::snapshot_volumes(class)
+        .iter()
+        .find(|v| pools.contains_key(**v))
+    {
+        return Err(ApiError::exc(
+            "QubesException",
+            format!(
+                "Snapshot volume {vol} must be in the same pool as its origin ({vol} volume of template),"
+            ),
+        ));
+    }
     if let Some(t) = template {
         let tq = ctx.sys.qube(t);
         match class {
@@ -420,6 +450,15 @@ fn create(
             }
             _ => {}
         }
+    }
+    if class == VmClass::AdminVM {
+        // `add_new_vm` constructs `AdminVM(app, None, qid=<new qid>, ...)`;
+        // AdminVM's `qid` (like its `name` and `uuid`) has the `forbidden`
+        // setter, and qid is the first keyword set: nothing is created.
+        return Err(ApiError::exc(
+            "QubesPropertyValueError",
+            "property 'qid' on AdminVM instance cannot be set",
+        ));
     }
     let uuid = ctx.next_uuid.take().unwrap_or_else(lifecycle::random_uuid);
     if ctx.sys.find_uuid(&uuid).is_some() {
@@ -1483,7 +1522,7 @@ fn firewall_set(ctx: &mut Context<'_>, r: &Req<'_>) -> Out {
         .filter(|s| s.is_ascii())
         .ok_or_else(|| ApiError::abort("UnicodeDecodeError in firewall rules"))?;
     let mut rules = Vec::new();
-    for line in text.lines() {
+    for line in firewall::py_splitlines(text) {
         rules.push(firewall::parse_rule(line)?);
     }
     ctx.sys.qube_mut(r.dest).firewall = Some(rules);

@@ -690,7 +690,7 @@ fn labels_features_firewall_volumes() {
     );
     assert_eq!(
         t.ok("dom0", "admin.vm.firewall.Get", "work", "", ""),
-        "action=accept proto=tcp dstports=443\naction=drop\n"
+        "action=accept proto=tcp dstports=443-443\naction=drop\n"
     );
     assert_eq!(
         t.err("dom0", "admin.vm.firewall.Get", "dom0", "", ""),
@@ -855,5 +855,329 @@ fn destination_and_generic_checks() {
     assert_eq!(
         t.err("nope", "admin.vm.List", "dom0", "", ""),
         "QubesVMNotFoundError"
+    );
+}
+
+#[test]
+fn firewall_rules_as_qubesd_parses_and_prints_them() {
+    let mut t = T::new();
+    // what qvm-firewall sends: dst4/dst6 keys, dsthost for names; qubesd
+    // prints its own order, the address kind, ports as a range
+    t.ok(
+        "dom0",
+        "admin.vm.firewall.Set",
+        "work",
+        "",
+        "action=drop dst4=10.0.0.0/8\n\
+         action=accept dsthost=example.com proto=tcp dstports=443-443\n\
+         action=accept dst6=fd00::1\n\
+         action=accept specialtarget=dns\n\
+         action=accept proto=icmp icmptype=8\n\
+         action=accept expire=4102444800 comment=until 2100\n\
+         action=accept expire=1000000000 comment=long gone\n",
+    );
+    assert_eq!(
+        t.ok("dom0", "admin.vm.firewall.Get", "work", "", ""),
+        "action=drop dst4=10.0.0.0/8\n\
+         action=accept dsthost=example.com proto=tcp dstports=443-443\n\
+         action=accept dst6=fd00::1/128\n\
+         action=accept specialtarget=dns\n\
+         action=accept proto=icmp icmptype=8\n\
+         action=accept expire=4102444800 comment=until 2100\n"
+    );
+    // a rule qubesd's Rule class refuses raises a plain ValueError: the
+    // call is aborted and the rules stay as they were
+    for bad in [
+        "action=accept dstports=80",
+        "action=accept dst4=1.2.3.4 dsthost=5.6.7.8",
+        "action=accept bogus=1",
+        "action=allow",
+        "action=accept comment=a=b",
+    ] {
+        assert_eq!(
+            t.err("dom0", "admin.vm.firewall.Set", "work", "", bad),
+            "abort",
+            "{bad}"
+        );
+    }
+    assert!(
+        t.ok("dom0", "admin.vm.firewall.Get", "work", "", "")
+            .starts_with("action=drop dst4=10.0.0.0/8\n")
+    );
+}
+
+#[test]
+fn adminvm_cannot_be_created() {
+    let mut t = T::new();
+    let before = t.ok("dom0", "admin.vm.List", "dom0", "", "");
+    assert_eq!(
+        t.err(
+            "dom0",
+            "admin.vm.Create.AdminVM",
+            "dom0",
+            "",
+            "name=dom1 label=black"
+        ),
+        "QubesPropertyValueError"
+    );
+    assert_eq!(t.ok("dom0", "admin.vm.List", "dom0", "", ""), before);
+    // the checks before construction still come first
+    assert_eq!(
+        t.err(
+            "dom0",
+            "admin.vm.Create.AdminVM",
+            "dom0",
+            "",
+            "name=work label=black"
+        ),
+        "QubesVMAlreadyExistsError"
+    );
+}
+
+#[test]
+fn default_netvm_not_moved_to_a_halted_qube_under_running_clients() {
+    let mut t = T::new();
+    t.ok(
+        "dom0",
+        "admin.vm.Create.AppVM",
+        "dom0",
+        "fedora-41",
+        "name=net2 label=red",
+    );
+    t.ok(
+        "dom0",
+        "admin.vm.property.Set",
+        "net2",
+        "provides_network",
+        "True",
+    );
+    t.ok("dom0", "admin.vm.property.Set", "net2", "netvm", "sys-net");
+    // work starts with its netvm chain (sys-firewall, sys-net)
+    t.ok("dom0", "admin.vm.Start", "work", "", "");
+    let set = |t: &mut T| {
+        t.call(
+            "dom0",
+            "admin.property.Set",
+            "dom0",
+            "default_netvm",
+            "net2",
+        )
+    };
+    assert_eq!(set(&mut t).unwrap_err(), "QubesVMNotRunningError");
+    assert_eq!(
+        t.ok("dom0", "admin.property.Get", "dom0", "default_netvm", ""),
+        "default=False type=vm sys-firewall"
+    );
+    // qubes still connected to the running sys-firewall, even halted ones
+    t.ok("dom0", "admin.vm.Kill", "work", "", "");
+    assert_eq!(set(&mut t).unwrap_err(), "QubesVMNotRunningError");
+    // once the old default netvm is not running, the change is allowed
+    t.ok("dom0", "admin.vm.Kill", "sys-firewall", "", "");
+    assert_eq!(set(&mut t).unwrap(), "");
+}
+
+#[test]
+fn create_in_pool_moves_only_what_qubesd_moves() {
+    let mut t = T::new();
+    let pool_of = |t: &mut T, vm: &str, vol: &str| -> String {
+        t.ok("dom0", "admin.vm.volume.Info", vm, vol, "")
+            .lines()
+            .find_map(|l| l.strip_prefix("pool=").map(str::to_string))
+            .unwrap_or_default()
+    };
+    // pool=: the read-write volumes that are not snapshots
+    t.ok(
+        "dom0",
+        "admin.vm.CreateInPool.StandaloneVM",
+        "dom0",
+        "",
+        "name=sa label=red pool=varlibqubes",
+    );
+    assert_eq!(pool_of(&mut t, "sa", "root"), "varlibqubes");
+    assert_eq!(pool_of(&mut t, "sa", "kernel"), "linux-kernel");
+    // pool:kernel= does move the kernel volume
+    t.ok(
+        "dom0",
+        "admin.vm.CreateInPool.AppVM",
+        "dom0",
+        "fedora-41",
+        "name=k label=red pool:kernel=varlibqubes",
+    );
+    assert_eq!(pool_of(&mut t, "k", "kernel"), "varlibqubes");
+    // a snapshot volume stays with its origin
+    assert_eq!(
+        t.err(
+            "dom0",
+            "admin.vm.CreateInPool.AppVM",
+            "dom0",
+            "fedora-41",
+            "name=snap label=red pool:root=varlibqubes",
+        ),
+        "QubesException"
+    );
+    assert_eq!(
+        t.err("dom0", "admin.vm.List", "snap", "", ""),
+        "QubesVMNotFoundError"
+    );
+}
+
+#[test]
+fn firewall_changes_fire_firewall_changed() {
+    let mut t = T::new();
+    let mut events = |method: &str, payload: &[u8]| {
+        let mut host = NoHost;
+        let mut ctx = Context {
+            sys: &mut t.sys,
+            filter: &AllowAll,
+            host: &mut host,
+            next_uuid: None,
+            clone_tokens: &mut t.tokens,
+        };
+        let h = handle(
+            &mut ctx,
+            Call {
+                source: b"dom0",
+                method: method.as_bytes(),
+                dest: b"work",
+                arg: b"",
+                payload,
+            },
+        );
+        h.events
+            .iter()
+            .map(|e| format!("{} {}", e.subject, e.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        events("admin.vm.firewall.Set", b"action=drop\n"),
+        ["work firewall-changed"]
+    );
+    assert_eq!(
+        events("admin.vm.firewall.Reload", b""),
+        ["work firewall-changed"]
+    );
+    assert!(events("admin.vm.firewall.Set", b"action=nope\n").is_empty());
+}
+
+#[test]
+fn property_events_as_qubes_property_fires_them() {
+    fn evs(t: &mut T, method: &str, dest: &str, arg: &str, payload: &[u8]) -> Vec<String> {
+        let mut host = NoHost;
+        let mut ctx = Context {
+            sys: &mut t.sys,
+            filter: &AllowAll,
+            host: &mut host,
+            next_uuid: None,
+            clone_tokens: &mut t.tokens,
+        };
+        let h = handle(
+            &mut ctx,
+            Call {
+                source: b"dom0",
+                method: method.as_bytes(),
+                dest: dest.as_bytes(),
+                arg: arg.as_bytes(),
+                payload,
+            },
+        );
+        h.events
+            .iter()
+            .map(|e| {
+                let kw: Vec<String> = e.kwargs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{} {} {}", e.subject, e.name, kw.join(","))
+            })
+            .collect::<Vec<_>>()
+    }
+    let mut t = T::new();
+    // oldvalue is the value before, even a default one
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "memory", b"500"),
+        [
+            "work property-pre-set:memory name=memory,newvalue=500,oldvalue=400",
+            "work property-set:memory name=memory,newvalue=500,oldvalue=400",
+        ]
+    );
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Reset", "work", "memory", b""),
+        [
+            "work property-pre-reset:memory name=memory,oldvalue=500",
+            "work property-pre-del:memory name=memory,oldvalue=500",
+            "work property-reset:memory name=memory,oldvalue=500",
+            "work property-del:memory name=memory,oldvalue=500",
+        ]
+    );
+    // str(None) for a qube set to none, '' for an empty string
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "netvm", b""),
+        [
+            "work property-pre-set:netvm name=netvm,newvalue=None,oldvalue=sys-firewall",
+            "work property-set:netvm name=netvm,newvalue=None,oldvalue=sys-firewall",
+        ]
+    );
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "kernel", b"")[1],
+        "work property-set:kernel name=kernel,newvalue=,oldvalue=6.6.1-1.fc37"
+    );
+    // a default of None is an old value; no value at all is not
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.vm.property.Set",
+            "work",
+            "backup_timestamp",
+            b"5"
+        )[0],
+        "work property-pre-set:backup_timestamp name=backup_timestamp,newvalue=5,oldvalue=None"
+    );
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.property.Reset",
+            "dom0",
+            "default_template",
+            b""
+        )[0],
+        " property-pre-reset:default_template name=default_template,oldvalue=fedora-41"
+    );
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.property.Set",
+            "dom0",
+            "default_template",
+            b"fedora-41"
+        )[0],
+        " property-pre-set:default_template name=default_template,newvalue=fedora-41"
+    );
+    // a setter refuses before the pre event...
+    assert!(evs(&mut t, "admin.vm.property.Set", "work", "netvm", b"vault").is_empty());
+    // ...a pre-set handler after it, and the pre event has been sent
+    for (m, d, a, p) in [
+        (
+            "admin.vm.Create.AppVM",
+            "dom0",
+            "fedora-41",
+            "name=net2 label=red",
+        ),
+        ("admin.vm.property.Set", "net2", "provides_network", "True"),
+        ("admin.vm.property.Set", "work", "netvm", "sys-net"),
+        ("admin.vm.property.Reset", "work", "kernel", ""),
+        ("admin.vm.Start", "work", "", ""),
+    ] {
+        t.ok("dom0", m, d, a, p);
+    }
+    assert_eq!(
+        evs(&mut t, "admin.vm.property.Set", "work", "netvm", b"net2"),
+        ["work property-pre-set:netvm name=netvm,newvalue=net2,oldvalue=sys-net"]
+    );
+    assert_eq!(
+        evs(
+            &mut t,
+            "admin.property.Set",
+            "dom0",
+            "default_kernel",
+            b"1.2"
+        )[0],
+        " property-pre-set:default_kernel name=default_kernel,newvalue=1.2,oldvalue=6.6.1-1.fc37"
     );
 }

@@ -40,6 +40,16 @@ fn global_str(sys: &System, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The volumes of a class that are snapshots of its template's (they stay
+/// in the template's pool).
+pub(crate) fn snapshot_volumes(class: VmClass) -> &'static [&'static str] {
+    match class {
+        VmClass::AppVM => &["root"],
+        VmClass::DispVM => &["root", "private"],
+        _ => &[],
+    }
+}
+
 /// Volumes of a new qube, as the classes' default volume configs give them.
 pub(crate) fn default_volumes(sys: &System, spec: &NewQube) -> Vec<Volume> {
     let pool_for = |vol: &str, global: &str| -> String {
@@ -63,9 +73,14 @@ pub(crate) fn default_volumes(sys: &System, spec: &NewQube) -> Vec<Volume> {
         revisions_to_keep: if name == "kernel" { 0 } else { 1 },
         ephemeral: false,
     };
+    // `_patch_pool_config`: `pool=` moves only the read-write volumes that
+    // are not snapshots; the kernel volume is read-only
     let kernel = mk(
         "kernel",
-        pool_for("kernel", "default_pool_kernel"),
+        spec.pools
+            .get("kernel")
+            .cloned()
+            .unwrap_or_else(|| global_str(sys, "default_pool_kernel")),
         0,
         false,
         false,

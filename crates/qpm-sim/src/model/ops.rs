@@ -233,6 +233,36 @@ pub(crate) fn init_derived_tags(sys: &mut System, qi: usize) -> ApiResult<()> {
 }
 
 /// `setattr(vm, prop, value)` with the sanitised value.
+/// `str(value)` of a property value as an event argument (`None` for
+/// Python's `None`).
+fn event_str(sys: &System, v: &Val) -> String {
+    match v {
+        Val::None => "None".into(),
+        other => sys.show(other),
+    }
+}
+
+/// A `property-*` event: `name`, then `newvalue` when given, then
+/// `oldvalue` when the property had a value (`has_oldvalue` in
+/// `qubes.property`: its current value, default or not).
+fn prop_event(
+    sys: &System,
+    subject: &str,
+    event: &str,
+    name: &str,
+    new: Option<&Val>,
+    old: Option<&Val>,
+) -> Event {
+    let mut e = Event::new(subject, format!("{event}:{name}")).with("name", name);
+    if let Some(v) = new {
+        e = e.with("newvalue", event_str(sys, v));
+    }
+    if let Some(v) = old {
+        e = e.with("oldvalue", event_str(sys, v));
+    }
+    e
+}
+
 pub(crate) fn set_qube_prop(
     sys: &mut System,
     qi: usize,
@@ -378,6 +408,18 @@ pub(crate) fn set_qube_prop(
         }
         _ => value,
     };
+    // `property.__set__`: the old value (default or not), then
+    // `property-pre-set` (sent to event listeners before the handlers that
+    // may still refuse the change), then the value, then `property-set`
+    let old = sys.get(qi, name)?;
+    events.push(prop_event(
+        sys,
+        &qname,
+        "property-pre-set",
+        name,
+        Some(&value),
+        old.as_ref(),
+    ));
     // pre-set handlers
     match name {
         "template_for_dispvms" if !value.truthy() && !sys.based_on(qi).is_empty() => {
@@ -414,22 +456,16 @@ pub(crate) fn set_qube_prop(
         }
         _ => {}
     }
-    let old = sys.get(qi, name)?.map(|v| sys.show(&v)).unwrap_or_default();
-    let new_text = sys.show(&value);
-    sys.qube_mut(qi).props.insert(name.to_string(), value);
-    events.push(
-        Event::new(&qname, format!("property-set:{name}"))
-            .with("name", name)
-            .with(
-                "newvalue",
-                if new_text.is_empty() {
-                    "None".into()
-                } else {
-                    new_text
-                },
-            )
-            .with("oldvalue", if old.is_empty() { "None".into() } else { old }),
+    let set = prop_event(
+        sys,
+        &qname,
+        "property-set",
+        name,
+        Some(&value),
+        old.as_ref(),
     );
+    sys.qube_mut(qi).props.insert(name.to_string(), value);
+    events.push(set);
     tags_follow(sys, qi, name, events)
 }
 
@@ -446,6 +482,16 @@ pub(crate) fn reset_qube_prop(
         return Err(ApiError::abort(format!(
             "property '{name}' is write-once and already set"
         )));
+    }
+    // `property.__delete__`: `property-pre-reset` and `property-pre-del`
+    // before the handlers that may refuse, `property-reset` and
+    // `property-del` after; `oldvalue` is the current value, default or not
+    let qname = sys.qube(qi).name.clone();
+    let old = sys.get(qi, name)?;
+    if def.kind != Kind::Stateless {
+        for ev in ["property-pre-reset", "property-pre-del"] {
+            events.push(prop_event(sys, &qname, ev, name, None, old.as_ref()));
+        }
     }
     match name {
         "template" if class.has_template() => {
@@ -473,14 +519,11 @@ pub(crate) fn reset_qube_prop(
         }
         _ => {}
     }
-    let qname = sys.qube(qi).name.clone();
-    let had = sys.qube_mut(qi).props.remove(name);
+    sys.qube_mut(qi).props.remove(name);
     if def.kind != Kind::Stateless {
-        let mut e = Event::new(&qname, format!("property-reset:{name}")).with("name", name);
-        if let Some(v) = had {
-            e = e.with("oldvalue", sys.show(&v));
+        for ev in ["property-reset", "property-del"] {
+            events.push(prop_event(sys, &qname, ev, name, None, old.as_ref()));
         }
-        events.push(e);
     }
     tags_follow(sys, qi, name, events)
 }
@@ -544,6 +587,31 @@ pub(crate) fn set_global_prop(
         _ => value,
     };
     let old = sys.global_get(name)?;
+    events.push(prop_event(
+        sys,
+        "",
+        "property-pre-set",
+        name,
+        Some(&value),
+        old.as_ref(),
+    ));
+    // `property-pre-set:default_netvm`: a running default netvm with qubes
+    // connected to it is not replaced by one that is not running
+    if name == "default_netvm"
+        && let Some(t) = vm_target
+        && let Some(oi) = old.as_ref().and_then(Val::as_vm).and_then(|n| sys.find(n))
+        && sys.qube(oi).is_active()
+        && !sys.qube(t).is_active()
+        && !sys.vms_connected_to(oi).is_empty()
+    {
+        return Err(ApiError::exc(
+            "QubesVMNotRunningError",
+            format!(
+                "Cannot change 'default_netvm' to domain that is not running ('{}').",
+                sys.qube(t).name
+            ),
+        ));
+    }
     if name == "clockvm"
         && let Some(t) = vm_target
         && sys.qube(t).feature("service.clocksync").is_none()
@@ -556,8 +624,7 @@ pub(crate) fn set_global_prop(
                 .with("value", "1"),
         );
     }
-    let old_text = old.as_ref().map(|v| sys.show(v)).unwrap_or_default();
-    let new_text = sys.show(&value);
+    let set = prop_event(sys, "", "property-set", name, Some(&value), old.as_ref());
     sys.globals.insert(name.to_string(), value.clone());
     if name == "clockvm"
         && old != Some(value)
@@ -574,26 +641,7 @@ pub(crate) fn set_global_prop(
                 .with("feature", "service.clocksync"),
         );
     }
-    events.push(
-        Event::new("", format!("property-set:{name}"))
-            .with("name", name)
-            .with(
-                "newvalue",
-                if new_text.is_empty() {
-                    "None".into()
-                } else {
-                    new_text
-                },
-            )
-            .with(
-                "oldvalue",
-                if old_text.is_empty() {
-                    "None".into()
-                } else {
-                    old_text
-                },
-            ),
-    );
+    events.push(set);
     global_follow(sys, name, events)
 }
 
@@ -604,13 +652,18 @@ pub(crate) fn reset_global_prop(
     events: &mut Vec<Event>,
 ) -> ApiResult<()> {
     let name = def.name.as_str();
-    let had = sys.globals.remove(name);
-    if def.kind != Kind::Stateless {
-        let mut e = Event::new("", format!("property-reset:{name}")).with("name", name);
-        if let Some(v) = had {
-            e = e.with("oldvalue", sys.show(&v));
+    let old = sys.global_get(name)?;
+    let stateless = def.kind == Kind::Stateless;
+    if !stateless {
+        for ev in ["property-pre-reset", "property-pre-del"] {
+            events.push(prop_event(sys, "", ev, name, None, old.as_ref()));
         }
-        events.push(e);
+    }
+    sys.globals.remove(name);
+    if !stateless {
+        for ev in ["property-reset", "property-del"] {
+            events.push(prop_event(sys, "", ev, name, None, old.as_ref()));
+        }
     }
     global_follow(sys, name, events)
 }

@@ -213,7 +213,115 @@ def main():
         raise AssertionError("in-use qube must not be removed")
     except QubesError as e:
         assert e.cls == "QubesVMInUseError"
+    firewall_rules()
+    create_adminvm()
+    default_netvm_running()
+    create_in_pool()
     print("ok", len(rows), "qubes")
+
+
+def parse_rule(line):
+    """qubesadmin.firewall.Rule(line): the elements the client accepts."""
+    opts, _, comment = line.partition("comment=")
+    rule = dict(o.split("=", 1) for o in opts.split(" ") if o)
+    known = {"action", "proto", "dsthost", "dst4", "dst6", "dstports",
+             "icmptype", "specialtarget", "expire"}
+    assert set(rule) <= known, line
+    assert rule["action"] in ("accept", "drop"), line
+    if comment:
+        rule["comment"] = comment
+    return rule
+
+
+def firewall_rules():
+    """qvm-firewall VM add ...: the client sends dst4=/dst6= for addresses
+    (Host.rule), then lists qubesd's canonical form (Rule.api_rule)."""
+    call("dom0", "admin.vm.Create.AppVM", "fedora-42-xfce", b"name=compat4 label=red")
+    sent = (b"action=drop dst4=10.0.0.0/8\n"
+            b"action=accept proto=tcp dsthost=example.com dstports=443\n"
+            b"action=accept dst6=fd00::1\n"
+            b"action=accept proto=icmp icmptype=8\n"
+            b"action=accept comment=until 2100 expire=4102444800\n")
+    try:
+        call("compat4", "admin.vm.firewall.Set", payload=sent)
+        raise AssertionError("'expire=' inside the comment is a bad comment")
+    except QubesError as e:
+        # a ValueError in qubesd: the connection is aborted
+        assert e.cls == "QubesDaemonAccessError", e
+    sent = sent.replace(b"comment=until 2100 expire=4102444800", b"expire=4102444800 comment=until 2100")
+    call("compat4", "admin.vm.firewall.Set", payload=sent)
+    got = call("compat4", "admin.vm.firewall.Get").decode().splitlines()
+    assert got == [
+        "action=drop dst4=10.0.0.0/8",
+        "action=accept dsthost=example.com proto=tcp dstports=443-443",
+        "action=accept dst6=fd00::1/128",
+        "action=accept proto=icmp icmptype=8",
+        "action=accept expire=4102444800 comment=until 2100",
+    ], got
+    for line in got:
+        parse_rule(line)
+    # qvm-firewall VM del --rule-no 0: the client sends the rest back as it got it
+    call("compat4", "admin.vm.firewall.Set", payload="".join(l + "\n" for l in got[1:]).encode())
+    assert call("compat4", "admin.vm.firewall.Get").decode().splitlines() == got[1:]
+    for bad in (b"action=accept dstports=80\n", b"action=accept bogus=1\n",
+                b"action=accept dst4=1.2.3.4 dsthost=5.6.7.8\n"):
+        try:
+            call("compat4", "admin.vm.firewall.Set", payload=bad)
+            raise AssertionError("bad rule accepted: %r" % bad)
+        except QubesError as e:
+            assert e.cls == "QubesDaemonAccessError", e
+    call("compat4", "admin.vm.Remove")
+
+
+def create_adminvm():
+    """qvm-create --class AdminVM: AdminVM's qid cannot be set."""
+    try:
+        call("dom0", "admin.vm.Create.AdminVM", payload=b"name=compat5 label=black")
+        raise AssertionError("an AdminVM was created")
+    except QubesError as e:
+        assert e.cls == "QubesPropertyValueError", e
+    assert "compat5" not in vm_list()
+
+
+def default_netvm_running():
+    """qubes-prefs default_netvm X: refused while the running default netvm
+    has qubes connected and X is not running."""
+    call("dom0", "admin.vm.Create.AppVM", "fedora-42-xfce", b"name=compat6 label=red")
+    call("compat6", "admin.vm.property.Set", "provides_network", b"True")
+    call("compat6", "admin.vm.property.Set", "netvm", b"sys-net")
+    old = call("dom0", "admin.property.Get", "default_netvm")
+    call("work", "admin.vm.Start")
+    try:
+        call("dom0", "admin.property.Set", "default_netvm", b"compat6")
+        raise AssertionError("default_netvm moved to a halted qube")
+    except QubesError as e:
+        assert e.cls == "QubesVMNotRunningError", e
+    for vm in ("work", "sys-firewall", "sys-net"):
+        call(vm, "admin.vm.Kill")
+    call("dom0", "admin.property.Set", "default_netvm", b"compat6")
+    call("dom0", "admin.property.Set", "default_netvm", old.split(b" ", 2)[2])
+    call("compat6", "admin.vm.Remove")
+
+
+
+
+def create_in_pool():
+    """qvm-create -P POOL / -p VOLUME=POOL (app.add_new_vm with pool/pools)."""
+    def pool_of(vm, vol):
+        info = call(vm, "admin.vm.volume.Info", vol).decode().splitlines()
+        return dict(l.split("=", 1) for l in info)["pool"]
+    call("dom0", "admin.vm.CreateInPool.AppVM", "fedora-42-xfce",
+         b"name=compat7 label=red pool=varlibqubes")
+    assert pool_of("compat7", "private") == "varlibqubes"
+    assert pool_of("compat7", "kernel") == "linux-kernel"
+    call("compat7", "admin.vm.Remove")
+    try:
+        call("dom0", "admin.vm.CreateInPool.AppVM", "fedora-42-xfce",
+             b"name=compat8 label=red pool:root=varlibqubes")
+        raise AssertionError("snapshot volume moved to another pool")
+    except QubesError as e:
+        assert e.cls == "QubesException", e
+    assert "compat8" not in vm_list()
 
 
 main()
