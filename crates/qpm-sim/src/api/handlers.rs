@@ -154,11 +154,11 @@ pub(crate) fn run(ctx: &mut Context<'_>, r: &Req<'_>, ev: &mut Vec<Event>) -> Ou
         "admin.vm.firewall.Set" => {
             firewall_set(ctx, r)?;
             // `Firewall.save()` ends with this event
-            ev.push(Event::new(&name(ctx, r.dest), "firewall-changed"));
+            ev.push(Event::new(name(ctx, r.dest), "firewall-changed"));
             ok()
         }
         "admin.vm.firewall.Reload" => {
-            ev.push(Event::new(&name(ctx, r.dest), "firewall-changed"));
+            ev.push(Event::new(name(ctx, r.dest), "firewall-changed"));
             ok()
         }
         "admin.vm.notes.Get" => value(ctx.sys.qube(r.dest).notes.clone()),
