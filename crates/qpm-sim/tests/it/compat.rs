@@ -1,7 +1,9 @@
 //! Qubes' own tools against the simulator: a Python script replays the
-//! requests qubesadmin sends (qvm-ls, qvm-prefs, qvm-create, qvm-features,
-//! qvm-tags, qvm-firewall, qvm-volume, qvm-clone, qvm-remove) on the qubesd
-//! socket and checks every answer the way qubesadmin parses it.
+//! requests qubesadmin sends (qvm-ls, qvm-prefs, qubes-prefs, qvm-create
+//! with classes and pools, qvm-features, qvm-tags, qvm-firewall, qvm-volume,
+//! qvm-clone, qvm-remove, qvm-start/kill) on the qubesd socket and checks
+//! every answer the way qubesadmin parses it, including the differences
+//! found by running the real tools (docs/simulator.md).
 
 use std::process::Command;
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Replays what Qubes' own tools (qubesadmin: qvm-ls, qvm-prefs, qvm-create,
-qvm-features, qvm-tags, qvm-service, qvm-clone, qvm-remove) send in dom0, over
-a qubesd socket, and checks every answer the way qubesadmin parses it.
+"""Replays what Qubes' own tools (qubesadmin: qvm-ls, qvm-prefs, qubes-prefs,
+qvm-create, qvm-features, qvm-tags, qvm-service, qvm-firewall, qvm-clone,
+qvm-remove, qvm-start, qvm-kill) send in dom0, over a qubesd socket, and checks
+every answer the way qubesadmin parses it and qubesd gives it (the sequences
+after main's first part come from running the real tools against the
+simulator, see docs/simulator.md).
 
 The socket protocol and the parsing below follow qubesadmin's QubesLocal and
 PropertyHolder (core-admin-client: qubesadmin/app.py, qubesadmin/base.py).
