@@ -38,6 +38,9 @@ pub struct Journal {
     /// Qubes this run is creating (a creation may have happened just
     /// before a crash, with the package tag not yet set).
     pub creating: BTreeSet<String>,
+    /// Qubes a removal keeps (they leave the package one by one).
+    #[serde(default)]
+    pub keeping: BTreeSet<String>,
 }
 
 /// One history line.

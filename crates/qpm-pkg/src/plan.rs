@@ -53,6 +53,9 @@ pub struct Options {
     /// Qubes an interrupted run of this package created (from the journal):
     /// adopted without `--adopt`.
     pub created_by_us: BTreeSet<String>,
+    /// Qubes an interrupted removal was keeping (from the journal): what
+    /// they use is kept too, even once they have left the package.
+    pub kept_before: BTreeSet<String>,
 }
 
 /// One call (or small group of calls) of a plan.
@@ -927,6 +930,11 @@ fn op_for(key: &str, target: Val, applied: Option<&str>) -> Option<Op> {
     None
 }
 
+/// An empty removal plan (a removal interrupted after its last change).
+pub fn plan_remove_nothing(package: &str) -> Plan {
+    Plan::new(package, None, Action::Remove)
+}
+
 /// Plans removing `package` (whose qubes `actual` read, with every listed
 /// qube's tags). `refs` are (qube, property) pairs outside the package
 /// that name one of its qubes.
@@ -992,6 +1000,7 @@ pub fn plan_remove(
             }
         }
         let mut todo: Vec<String> = kept.keys().cloned().collect();
+        todo.extend(opts.kept_before.iter().cloned());
         while let Some(n) = todo.pop() {
             for r in refs_of(&n) {
                 if !kept.contains_key(&r) {

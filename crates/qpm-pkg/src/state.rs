@@ -107,6 +107,7 @@ pub enum Read {
 }
 
 enum Got {
+    Gone(String),
     Props(String, BTreeMap<String, Property>),
     Tags(String, BTreeSet<String>),
     Feature(String, String, Val),
@@ -165,21 +166,34 @@ impl Actual {
             })
             .collect();
         let results = client.parallel(reads, |c, r| -> Result<Option<Got>, Error> {
-            let gone = |e: &qpm_admin::Error| e.is(qpm_admin::ExceptionKind::VmNotFound);
-            Ok(Some(match r {
+            // a qube removed since the list (by a call still in flight when
+            // an earlier run was killed, say): qubesd says so, or qrexec
+            // refuses a call to a qube that no longer exists; a second look
+            // at the list tells a removal from a refusal
+            let gone = |e: &qpm_admin::Error| {
+                e.is(qpm_admin::ExceptionKind::VmNotFound)
+                    || (matches!(e, qpm_admin::Error::Refused { .. })
+                        && match &r {
+                            Read::Props(q) | Read::Tags(q) | Read::Feature(q, _) => c
+                                .list_qubes()
+                                .is_ok_and(|l| !l.iter().any(|x| x.name == *q)),
+                            Read::Policy(_) => false,
+                        })
+            };
+            Ok(Some(match r.clone() {
                 Read::Props(q) => match c.properties(Some(&q)) {
                     Ok(p) => Got::Props(q, p),
-                    Err(e) if gone(&e) => return Ok(None),
+                    Err(e) if gone(&e) => Got::Gone(q),
                     Err(e) => return Err(e.into()),
                 },
                 Read::Tags(q) => match c.tags(&q) {
                     Ok(t) => Got::Tags(q, t.into_iter().collect()),
-                    Err(e) if gone(&e) => return Ok(None),
+                    Err(e) if gone(&e) => Got::Gone(q),
                     Err(e) => return Err(e.into()),
                 },
                 Read::Feature(q, f) => match c.feature(&q, &f) {
                     Ok(v) => Got::Feature(q, f, v),
-                    Err(e) if gone(&e) => return Ok(None),
+                    Err(e) if gone(&e) => Got::Gone(q),
                     Err(e) => return Err(e.into()),
                 },
                 Read::Policy(p) => {
@@ -188,6 +202,7 @@ impl Actual {
                 }
             }))
         });
+        let mut gone = Vec::new();
         for r in results {
             let r = r?;
             if let Some(Got::Props(q, _) | Got::Tags(q, _) | Got::Feature(q, _, _)) = &r {
@@ -196,6 +211,7 @@ impl Actual {
             }
             match r {
                 None => {}
+                Some(Got::Gone(q)) => gone.push(q),
                 Some(Got::Props(q, p)) => self.qubes.entry(q).or_default().props = Some(p),
                 Some(Got::Tags(q, t)) => self.qubes.entry(q).or_default().tags = Some(t),
                 Some(Got::Feature(q, f, v)) => {
@@ -206,6 +222,10 @@ impl Actual {
                     self.gatekeeper = gk;
                 }
             }
+        }
+        for q in gone {
+            self.listed.remove(&q);
+            self.qubes.remove(&q);
         }
         Ok(())
     }

@@ -413,6 +413,7 @@ fn execute(
     j.version = plan.version.clone();
     j.started = journal::now();
     j.creating.extend(apply::creations(plan));
+    j.keeping.extend(plan.kept.iter().map(|k| k.qube.clone()));
     if !plan.steps.is_empty() {
         sd.begin(&j)?;
     }
@@ -544,6 +545,7 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
             .as_ref()
             .map(|j| j.creating.clone())
             .unwrap_or_default(),
+        kept_before: BTreeSet::new(),
     };
     let plan = match plan::plan_apply(m, &policy, &actual, &opts) {
         Err(qpm_pkg::Error::Conflicts(c)) if interactive(ctx) => {
@@ -636,6 +638,14 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
     };
     let mgmt = connect::mgmt_name(ctx)?;
     let (client, counts) = connect::admin_counted(ctx)?;
+    let journal = match &sd {
+        Some(sd) => sd.journal(&name)?.filter(|j| j.action == "remove"),
+        None => None,
+    };
+    let kept_before = journal
+        .as_ref()
+        .map(|j| j.keeping.clone())
+        .unwrap_or_default();
     let (mut actual, qubes) = read_installed(&client, &name, &mgmt)?;
     // what else the management qube can see that refers to these qubes
     let ctag = created_by_tag(&mgmt);
@@ -650,7 +660,7 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
     let set: BTreeSet<&String> = qubes.iter().collect();
     let mut refs = Vec::new();
     for (n, q) in &actual.qubes {
-        if set.contains(n) || !q.has_tag(&ctag) {
+        if set.contains(n) || !q.has_tag(&ctag) || kept_before.contains(n) {
             continue;
         }
         for p in ["template", "netvm", "default_dispvm"] {
@@ -672,9 +682,22 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
         mgmt,
         shutdown: a.shutdown,
         purge: a.purge,
+        kept_before,
         ..Options::default()
     };
-    let plan = plan::plan_remove(&name, &actual, &opts, &refs)?;
+    let plan = match plan::plan_remove(&name, &actual, &opts, &refs) {
+        // an interrupted removal that had in fact finished
+        Err(qpm_pkg::Error::NotInstalled(_)) if journal.is_some() => {
+            let mut p = plan::plan_remove_nothing(&name);
+            p.installed = journal
+                .as_ref()
+                .and_then(|j| j.version.clone())
+                .into_iter()
+                .collect();
+            p
+        }
+        r => r?,
+    };
     print_plan(ctx, &plan);
     let Some(sd) = sd else {
         if ctx.json {
@@ -686,7 +709,7 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
         }
         return Ok(Status::Success);
     };
-    let (status, extra) = execute(ctx, &client, &counts, &sd, &plan, None)?;
+    let (status, extra) = execute(ctx, &client, &counts, &sd, &plan, journal)?;
     if ctx.json {
         print_json(&summary(&plan, &counts, extra))?;
     }
