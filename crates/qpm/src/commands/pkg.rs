@@ -51,11 +51,20 @@ pub(crate) struct StateArgs {
     state_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ApplyArgs {
     /// A package directory or archive (a path that exists or contains `/`),
-    /// or a package name resolved from the repositories.
-    package: String,
+    /// or a package name resolved from the repositories (`NAME`,
+    /// `NAME@VERSION`, `NAME@^2`).
+    #[arg(required_unless_present = "all")]
+    package: Option<String>,
+    /// `upgrade`/`plan`: every installed package to the newest version its
+    /// repositories offer.
+    #[arg(long, conflicts_with = "package")]
+    all: bool,
+    /// Allow going to an older version than the installed one.
+    #[arg(long)]
+    allow_downgrade: bool,
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -109,6 +118,11 @@ pub(crate) struct VerifyArgs {
 
 pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
     match cmd {
+        PkgCommand::Install(a) if a.all => {
+            bail!("`qpm install --all` is not a thing: use `qpm upgrade --all`")
+        }
+        PkgCommand::Upgrade(a) if a.all => upgrade_all(ctx, &a, Mode::Upgrade),
+        PkgCommand::Plan(a) if a.all => upgrade_all(ctx, &a, Mode::Plan),
         PkgCommand::Install(a) => apply_cmd(ctx, &a, Mode::Install),
         PkgCommand::Upgrade(a) => apply_cmd(ctx, &a, Mode::Upgrade),
         PkgCommand::Plan(a) => apply_cmd(ctx, &a, Mode::Plan),
@@ -502,7 +516,8 @@ fn summary(plan: &Plan, counts: &Counts, extra: serde_json::Value) -> serde_json
 }
 
 fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
-    let pd = open_package(ctx, &a.package)?;
+    let arg = a.package.as_deref().unwrap_or_default();
+    let pd = open_package(ctx, arg)?;
     let m = &pd.manifest;
     let policy = policy_text(pd.path(), m)?;
     let changes = mode != Mode::Plan && !a.dry_run;
@@ -578,6 +593,12 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
         }
         _ => {}
     }
+    let newest = plan
+        .installed
+        .iter()
+        .filter_map(|v| semver::Version::parse(v).ok())
+        .max();
+    qpm_repo::check_upgrade(&m.name, newest.as_ref(), &m.version, a.allow_downgrade)?;
     print_plan(ctx, &plan);
     let Some(sd) = sd else {
         if ctx.json {
@@ -716,32 +737,118 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
     Ok(status)
 }
 
-fn list_cmd(ctx: &Ctx) -> Result<Status> {
-    let mgmt = connect::mgmt_name(ctx)?;
-    let (client, counts) = connect::admin_counted(ctx)?;
-    let mut actual = Actual::list(&client)?;
+/// The installed packages (from the tags on the qubes) with their qubes,
+/// and the state read to find them (with each qube's applied record).
+fn installed_packages(
+    client: &Client,
+    mgmt: &str,
+) -> Result<(std::collections::BTreeMap<String, Vec<String>>, Actual)> {
+    let mut actual = Actual::list(client)?;
     let reads: BTreeSet<Read> = actual
         .listed
         .keys()
         .filter(|n| !qpm_pkg::names::is_dom0(n))
         .map(|n| Read::Tags(n.clone()))
         .collect();
-    actual.read(&client, reads)?;
-    let pkgs = actual.packages(&mgmt);
+    actual.read(client, reads)?;
+    let pkgs = actual.packages(mgmt);
     let reads: BTreeSet<Read> = pkgs
         .values()
         .flatten()
         .map(|q| Read::Feature(q.clone(), RECORD_FEATURE.to_owned()))
         .collect();
-    actual.read(&client, reads)?;
+    actual.read(client, reads)?;
+    Ok((pkgs, actual))
+}
+
+/// The versions of `package` its qubes' records name.
+fn installed_versions(actual: &Actual, package: &str, qubes: &[String]) -> BTreeSet<String> {
+    qubes
+        .iter()
+        .filter_map(|q| actual.qubes.get(q).and_then(|s| s.record()))
+        .filter(|r| r.package == package)
+        .map(|r| r.version)
+        .collect()
+}
+
+/// `upgrade --all` (and `plan --all`): each installed package to the newest
+/// version its repositories offer (as of the last `qpm update`), one
+/// package after the other; a package no repository provides is skipped.
+fn upgrade_all(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
+    let mgmt = connect::mgmt_name(ctx)?;
+    let (pkgs, actual) = {
+        let (client, _) = connect::admin_counted(ctx)?;
+        installed_packages(&client, &mgmt)?
+    };
+    let repos = qpm_repo::client::Client::open(qpm_repo::paths::Paths::from_env()?)?;
+    let mut status = Status::Success;
+    let mut upgraded = 0;
+    for (name, qubes) in &pkgs {
+        let installed = installed_versions(&actual, name, qubes)
+            .iter()
+            .filter_map(|v| semver::Version::parse(v).ok())
+            .max();
+        let spec = qpm_repo::PackageSpec {
+            name: name.to_string(),
+            version: None,
+        };
+        let r = match repos.resolve(&spec) {
+            Ok(r) => r,
+            Err(e) => {
+                note(ctx, &format!("{name}: skipped: {e}"));
+                continue;
+            }
+        };
+        if installed.as_ref().is_some_and(|i| r.entry.version <= *i) {
+            note(
+                ctx,
+                &format!(
+                    "{name}: {} is the newest, nothing to upgrade",
+                    r.entry.version
+                ),
+            );
+            continue;
+        }
+        let one = ApplyArgs {
+            package: Some(format!("{name}@={}", r.entry.version)),
+            all: false,
+            ..a.clone()
+        };
+        upgraded += 1;
+        match apply_cmd(ctx, &one, mode) {
+            Ok(Status::Success) => {}
+            Ok(s) => status = worse(status, s),
+            Err(e) => {
+                eprintln!("error: {name}: {e:#}");
+                status = Status::Error;
+            }
+        }
+    }
+    note(
+        ctx,
+        &format!(
+            "{upgraded} of {} installed package(s) to upgrade",
+            pkgs.len()
+        ),
+    );
+    Ok(status)
+}
+
+fn worse(a: Status, b: Status) -> Status {
+    match (a, b) {
+        (Status::Error, _) | (_, Status::Error) => Status::Error,
+        (Status::Failure, _) | (_, Status::Failure) => Status::Failure,
+        _ => Status::Success,
+    }
+}
+
+fn list_cmd(ctx: &Ctx) -> Result<Status> {
+    let mgmt = connect::mgmt_name(ctx)?;
+    let (client, counts) = connect::admin_counted(ctx)?;
+    let (pkgs, actual) = installed_packages(&client, &mgmt)?;
     let mut out = Vec::new();
     for (p, qubes) in &pkgs {
-        let versions: BTreeSet<String> = qubes
-            .iter()
-            .filter_map(|q| actual.qubes.get(q).and_then(|s| s.record()))
-            .filter(|r| r.package == *p)
-            .map(|r| r.version)
-            .collect();
+        let versions = installed_versions(&actual, p, qubes);
         out.push(json!({"name": p, "versions": versions, "qubes": qubes}));
     }
     if ctx.json {

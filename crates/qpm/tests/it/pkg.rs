@@ -643,11 +643,47 @@ fn install_and_upgrade_by_name_from_a_repository() {
     run(&["install", "dangerzone@1.0.0"]);
     let v = env.json(&["list"], 0);
     assert_eq!(v["packages"][0]["versions"][0], "1.0.0");
-    run(&["upgrade", "dangerzone"]);
+    // `plan --all` shows the upgrade and changes nothing.
+    let out = run(&["plan", "--all"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Plan: upgrade dangerzone 2.0.0"), "{err}");
+    assert_eq!(
+        env.json(&["list"], 0)["packages"][0]["versions"][0],
+        "1.0.0"
+    );
+    run(&["upgrade", "--all"]);
     let v = env.json(&["list"], 0);
     assert_eq!(v["packages"][0]["name"], "dangerzone");
     assert_eq!(v["packages"][0]["versions"][0], "2.0.0");
     env.json(&["verify", &example("dangerzone", "2.0.0")], 0);
+    // Nothing newer: a no-op.
+    let out = run(&["upgrade", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to upgrade"),
+        "{out:?}"
+    );
+    // Going back needs --allow-downgrade, and nothing changes without it.
+    let out = env
+        .cmd()
+        .current_dir(home.path())
+        .env("QPM_HOME", home.path().join("home"))
+        .args(["upgrade", "dangerzone@1.0.0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allow-downgrade"),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.json(&["list"], 0)["packages"][0]["versions"][0],
+        "2.0.0"
+    );
+    run(&["upgrade", "dangerzone@1.0.0", "--allow-downgrade"]);
+    assert_eq!(
+        env.json(&["list"], 0)["packages"][0]["versions"][0],
+        "1.0.0"
+    );
 }
 
 #[test]
