@@ -336,15 +336,69 @@ pub fn desired(q: &Qube) -> BTreeMap<String, Val> {
     s
 }
 
-/// A firewall rule as qubesd prints it back (a single port `N` as `N-N`).
+/// A firewall rule as qubesd prints it back (`Rule.api_rule`): its
+/// properties in qubesd's order (`action`, `expire`, the destination,
+/// `proto`, `specialtarget`, `dstports`, `icmptype`, `comment` last), the
+/// destination keyed by its kind (`dst4=ADDR/PREFIX`, `dst6=ADDR/PREFIX`,
+/// or `dsthost=NAME`), a single port `N` as `N-N`. Comparing rules in this
+/// form makes what the package sets and what qubesd reports comparable.
 pub fn firewall_rule(wire: &str) -> String {
-    wire.split(' ')
-        .map(|tok| match tok.strip_prefix("dstports=") {
-            Some(p) if !p.contains('-') => format!("dstports={p}-{p}"),
-            _ => tok.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let (main, comment) = match wire.strip_prefix("comment=") {
+        Some(c) => ("", Some(c)),
+        None => match wire.split_once(" comment=") {
+            Some((m, c)) => (m, Some(c)),
+            None => (wire, None),
+        },
+    };
+    let mut known: BTreeMap<&str, String> = BTreeMap::new();
+    let mut other: Vec<&str> = Vec::new();
+    for tok in main.split(' ').filter(|t| !t.is_empty()) {
+        match tok.split_once('=') {
+            Some(("dsthost" | "dst4" | "dst6" | "dstname", v)) => {
+                known.insert("dest", firewall_destination(v));
+            }
+            Some(("dstports", p)) if !p.contains('-') => {
+                known.insert("dstports", format!("dstports={p}-{p}"));
+            }
+            Some((
+                k @ ("action" | "expire" | "proto" | "specialtarget" | "dstports" | "icmptype"),
+                _,
+            )) => {
+                known.insert(k, tok.to_owned());
+            }
+            _ => other.push(tok),
+        }
+    }
+    other.sort_unstable();
+    let order = [
+        "action",
+        "expire",
+        "dest",
+        "proto",
+        "specialtarget",
+        "dstports",
+        "icmptype",
+    ];
+    let mut out: Vec<String> = order.iter().filter_map(|k| known.remove(k)).collect();
+    out.extend(other.into_iter().map(str::to_owned));
+    if let Some(c) = comment {
+        out.push(format!("comment={c}"));
+    }
+    out.join(" ")
+}
+
+fn firewall_destination(v: &str) -> String {
+    let (addr, prefix) = match v.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v, None),
+    };
+    if let Ok(ip) = addr.parse::<std::net::Ipv4Addr>() {
+        format!("dst4={ip}/{}", prefix.unwrap_or("32"))
+    } else if let Ok(ip) = addr.parse::<std::net::Ipv6Addr>() {
+        format!("dst6={ip}/{}", prefix.unwrap_or("128"))
+    } else {
+        format!("dsthost={v}")
+    }
 }
 
 /// Whether changing this key needs the qube halted.

@@ -481,3 +481,46 @@ default_dispvm = "a"
         .to_string();
     assert!(e.contains("cycle"), "{e}");
 }
+
+#[test]
+fn firewall_rules_compare_in_qubesds_form() {
+    // What the package sets and what qubesd prints back for it.
+    for (ours, qubesd) in [
+        (
+            "action=accept proto=tcp dsthost=example.onion dstports=80",
+            "action=accept dsthost=example.onion proto=tcp dstports=80-80",
+        ),
+        (
+            "action=accept proto=tcp dsthost=1.2.3.4 dstports=443",
+            "action=accept dst4=1.2.3.4/32 proto=tcp dstports=443-443",
+        ),
+        (
+            "action=drop dsthost=10.0.0.0/8",
+            "action=drop dst4=10.0.0.0/8",
+        ),
+        (
+            "action=accept dsthost=fd00::1",
+            "action=accept dst6=fd00::1/128",
+        ),
+        (
+            "action=accept specialtarget=dns",
+            "action=accept specialtarget=dns",
+        ),
+        (
+            "action=accept proto=icmp icmptype=8 comment=ping from here",
+            "action=accept proto=icmp icmptype=8 comment=ping from here",
+        ),
+        ("action=drop", "action=drop"),
+    ] {
+        assert_eq!(firewall_rule(ours), firewall_rule(qubesd), "{ours}");
+        assert_eq!(
+            firewall_rule(qubesd),
+            qubesd,
+            "qubesd's form is a fixed point"
+        );
+    }
+    assert_ne!(
+        firewall_rule("action=accept dsthost=1.2.3.4"),
+        firewall_rule("action=accept dsthost=1.2.3.5")
+    );
+}
