@@ -540,7 +540,10 @@ fn a_second_run_waits_for_the_lock() {
 }
 
 /// Kills `qpm ARGS` after its N-th mutating call, for every N, re-runs it
-/// and compares the end state with an uninterrupted run.
+/// and compares the end state with an uninterrupted run. The crash points
+/// run on several threads (each with its own simulator; the work is mostly
+/// waiting for processes). `QPM_CRASH_STRIDE=K` tries only every K-th call
+/// (and the last), for a quick run; the default is every call.
 fn crash_after_every_call(setup: &[&str], args: &[&str]) {
     let reference = Env::new();
     if !setup.is_empty() {
@@ -550,39 +553,69 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
     let total = calls(&v).1;
     assert!(total > 0);
     let want = reference.dump();
-    for n in 1..=total {
-        let env = Env::new();
-        if !setup.is_empty() {
-            env.json(setup, 0);
-        }
-        let out = env
-            .cmd()
-            .args(args)
-            .env("QPM_TEST_CRASH_AFTER", n.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "{args:?} did not crash after write {n}"
-        );
-        let v = env.json(args, 0);
-        assert_ne!(v["result"], "failed", "after a crash at {n}: {v}");
-        let got = env.dump();
-        let keys: std::collections::BTreeSet<&String> = want.keys().chain(got.keys()).collect();
-        let diff: Vec<String> = keys
-            .into_iter()
-            .filter(|k| want.get(*k) != got.get(*k))
-            .map(|k| format!("{k}: want {:?}\n got {:?}", want.get(k), got.get(k)))
+    let stride: u64 = std::env::var("QPM_CRASH_STRIDE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|k| *k > 0)
+        .unwrap_or(1);
+    let points: Vec<u64> = (1..=total)
+        .filter(|n| n % stride == 0 || *n == 1 || *n == total)
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = 4;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    while let Some(&n) =
+                        points.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    {
+                        crash_at(setup, args, n, &want);
+                    }
+                })
+            })
             .collect();
-        assert!(
-            diff.is_empty(),
-            "{args:?}: end state differs after a crash at write {n}:\n{}",
-            diff.join("\n")
-        );
-        if args[0] != "remove" {
-            let again = env.json(args, 0);
-            assert_eq!(calls(&again).1, 0, "crash at {n}: not converged");
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
         }
+    });
+}
+
+/// One crash point of [`crash_after_every_call`].
+fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value>) {
+    let env = Env::new();
+    if !setup.is_empty() {
+        env.json(setup, 0);
+    }
+    let out = env
+        .cmd()
+        .args(args)
+        .env("QPM_TEST_CRASH_AFTER", n.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{args:?} did not crash after write {n}"
+    );
+    let v = env.json(args, 0);
+    assert_ne!(v["result"], "failed", "after a crash at {n}: {v}");
+    let got = env.dump();
+    let keys: std::collections::BTreeSet<&String> = want.keys().chain(got.keys()).collect();
+    let diff: Vec<String> = keys
+        .into_iter()
+        .filter(|k| want.get(*k) != got.get(*k))
+        .map(|k| format!("{k}: want {:?}\n got {:?}", want.get(k), got.get(k)))
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "{args:?}: end state differs after a crash at write {n}:\n{}",
+        diff.join("\n")
+    );
+    if args[0] != "remove" {
+        let again = env.json(args, 0);
+        assert_eq!(calls(&again).1, 0, "crash at {n}: not converged");
     }
 }
 
