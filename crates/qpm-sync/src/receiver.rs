@@ -1819,7 +1819,7 @@ mod tests {
         for n in 0..b.len() {
             assert!(Applied::decode(&b[..n]).is_none(), "truncated at {n}");
         }
-        let mut long = b.clone();
+        let mut long = b;
         long.push(0);
         assert!(Applied::decode(&long).is_none());
     }

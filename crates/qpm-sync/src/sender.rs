@@ -903,7 +903,7 @@ mod tests {
         for n in 0..b.len() {
             assert!(HashCache::decode(&b[..n]).is_none(), "truncated at {n}");
         }
-        let mut long = b.clone();
+        let mut long = b;
         long.push(0);
         assert!(HashCache::decode(&long).is_none());
     }
