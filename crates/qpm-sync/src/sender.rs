@@ -950,7 +950,7 @@ mod tests {
         assert_eq!(names, ["q.rec"]);
 
         std::fs::write(repo_dir.join("small"), "new\n").unwrap();
-        let mut big2 = big.clone();
+        let mut big2 = big;
         big2[0] = b'b';
         std::fs::write(repo_dir.join("big"), &big2).unwrap();
         let repo = load();
