@@ -909,6 +909,82 @@ mod tests {
     }
 
     #[test]
+    fn plan_diffs_small_files_and_summarises_large_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let repo_dir = d.path().join("repo");
+        std::fs::create_dir_all(&repo_dir).unwrap();
+        let big = vec![b'a'; PushRecord::KEEP_MAX as usize + 1];
+        std::fs::write(repo_dir.join("small"), "old\n").unwrap();
+        std::fs::write(repo_dir.join("big"), &big).unwrap();
+        std::fs::write(
+            repo_dir.join(crate::repo::MAP_FILE),
+            "[[file]]\nsrc = \"small\"\ndest = \"~/small\"\nto = [\"q\"]\n\n[[file]]\nsrc = \"big\"\ndest = \"~/big\"\nto = [\"q\"]\n",
+        )
+        .unwrap();
+        let state = SenderState::open(&d.path().join("state")).unwrap();
+        let load = || Repo::load(&repo_dir).unwrap();
+        let repo = load();
+        let items = repo.items_for("q", &[]).unwrap();
+        let mut cache = HashCache::default();
+        let plan = state.plan(&repo, &mut cache, "q", &items).unwrap();
+        assert_eq!(
+            plan.iter().map(|p| p.change).collect::<Vec<_>>(),
+            ["new", "new"]
+        );
+        let m = manifest(&repo, &mut cache, "cfg", &items, PersistVia::BindDirs).unwrap();
+        state.record_push(&repo, "q", &items, &m).unwrap();
+        assert!(
+            state
+                .plan(&repo, &mut cache, "q", &items)
+                .unwrap()
+                .is_empty()
+        );
+        // One record file for the qube, not a copy per file.
+        let names: Vec<String> = state
+            .root()
+            .read_dir(Some(&RelPath::new("pushed").unwrap()))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["q.rec"]);
+
+        std::fs::write(repo_dir.join("small"), "new\n").unwrap();
+        let mut big2 = big;
+        big2[0] = b'b';
+        std::fs::write(repo_dir.join("big"), &big2).unwrap();
+        let repo = load();
+        let items = repo.items_for("q", &[]).unwrap();
+        let plan = state.plan(&repo, &mut cache, "q", &items).unwrap();
+        let by = |p: &str| plan.iter().find(|c| c.path == p).unwrap();
+        assert_eq!(by("~/small").change, "modified");
+        assert!(
+            by("~/small").diff.contains("-old\n+new"),
+            "{}",
+            by("~/small").diff
+        );
+        assert_eq!(by("~/big").change, "modified");
+        assert!(
+            by("~/big").diff.contains("not kept for diffs"),
+            "{}",
+            by("~/big").diff
+        );
+        // A file removed from the map is planned as a deletion.
+        std::fs::write(
+            repo_dir.join(crate::repo::MAP_FILE),
+            "[[file]]\nsrc = \"small\"\ndest = \"~/small\"\nto = [\"q\"]\n",
+        )
+        .unwrap();
+        let repo = load();
+        let items = repo.items_for("q", &[]).unwrap();
+        let plan = state.plan(&repo, &mut cache, "q", &items).unwrap();
+        assert!(
+            plan.iter()
+                .any(|c| c.change == "deleted" && c.path == "~/big")
+        );
+    }
+
+    #[test]
     fn push_record_roundtrip() {
         let mut r = PushRecord::default();
         r.push(
