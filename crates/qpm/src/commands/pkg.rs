@@ -408,6 +408,34 @@ impl Observer for Progress {
 }
 
 /// Runs a plan under the journal; returns (status, json summary).
+/// Prints the plan; without a state directory (a dry run) stops there,
+/// otherwise runs it. The `--json` summary either way.
+fn show_and_run(
+    ctx: &Ctx,
+    client: &Client,
+    counts: &Counts,
+    sd: Option<&StateDir>,
+    plan: &Plan,
+    journal: Option<Journal>,
+) -> Result<Status> {
+    print_plan(ctx, plan);
+    let Some(sd) = sd else {
+        if ctx.json {
+            print_json(&summary(
+                plan,
+                counts,
+                json!({"result": "planned", "dry_run": true}),
+            ))?;
+        }
+        return Ok(Status::Success);
+    };
+    let (status, extra) = execute(ctx, client, counts, sd, plan, journal)?;
+    if ctx.json {
+        print_json(&summary(plan, counts, extra))?;
+    }
+    Ok(status)
+}
+
 fn execute(
     ctx: &Ctx,
     client: &Client,
@@ -599,22 +627,7 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
         .filter_map(|v| semver::Version::parse(v).ok())
         .max();
     qpm_repo::check_upgrade(&m.name, newest.as_ref(), &m.version, a.allow_downgrade)?;
-    print_plan(ctx, &plan);
-    let Some(sd) = sd else {
-        if ctx.json {
-            print_json(&summary(
-                &plan,
-                &counts,
-                json!({"result": "planned", "dry_run": true}),
-            ))?;
-        }
-        return Ok(Status::Success);
-    };
-    let (status, extra) = execute(ctx, &client, &counts, &sd, &plan, journal)?;
-    if ctx.json {
-        print_json(&summary(&plan, &counts, extra))?;
-    }
-    Ok(status)
+    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal)
 }
 
 /// Every listed qube's tags, then the package's qubes in detail.
@@ -719,22 +732,7 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
         }
         r => r?,
     };
-    print_plan(ctx, &plan);
-    let Some(sd) = sd else {
-        if ctx.json {
-            print_json(&summary(
-                &plan,
-                &counts,
-                json!({"result": "planned", "dry_run": true}),
-            ))?;
-        }
-        return Ok(Status::Success);
-    };
-    let (status, extra) = execute(ctx, &client, &counts, &sd, &plan, journal)?;
-    if ctx.json {
-        print_json(&summary(&plan, &counts, extra))?;
-    }
-    Ok(status)
+    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal)
 }
 
 /// The installed packages (from the tags on the qubes) with their qubes,
