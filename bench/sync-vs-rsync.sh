@@ -51,9 +51,11 @@ shift
 exec "$@"
 SH
 printf 'auto_apply = ["~/"]\ngui = "never"\n' > "$w/agent.toml"
+# qrexec-client-vm stand-in: like the rsync one, a shell that execs the
+# peer (the variable qrexec would set is set by the shell, not by env(1)).
 cat > "$w/qrexec-client-vm" <<SH
 #!/bin/sh
-exec env QREXEC_REMOTE_DOMAIN=cfg $bin/qpm-agent serve --root $w/qube --state $w/qube/home/user/.local/state/qpm-agent --config $w/agent.toml
+QREXEC_REMOTE_DOMAIN=cfg exec $bin/qpm-agent serve --root $w/qube --state $w/qube/home/user/.local/state/qpm-agent --config $w/agent.toml
 SH
 chmod +x "$w/rsh" "$w/qrexec-client-vm"
 export QPM_QREXEC_CLIENT=$w/qrexec-client-vm QPM_SYNC_SOURCE=cfg QPM_SYNC_STATE=$w/sender

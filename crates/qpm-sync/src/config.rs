@@ -123,6 +123,15 @@ pub enum ConfigError {
     },
 }
 
+/// [`AgentConfig::matches`] for a pattern without `~`.
+fn matches_expanded(p: &str, abs: &str) -> bool {
+    if p.ends_with('/') {
+        abs.starts_with(p) || abs == p.trim_end_matches('/')
+    } else {
+        abs == p
+    }
+}
+
 impl AgentConfig {
     /// Loads `path`, bounded to [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -157,7 +166,9 @@ impl AgentConfig {
         self.home.trim_start_matches('/').trim_end_matches('/')
     }
 
-    /// Expands `~/` in a pattern to the home directory.
+    /// Expands `~/` in a pattern to the home directory (what
+    /// [`Self::matches`] matches against).
+    #[cfg(test)]
     fn expand(&self, p: &str) -> String {
         match p.strip_prefix("~/") {
             Some(rest) => format!("{}/{rest}", self.home.trim_end_matches('/')),
@@ -166,13 +177,30 @@ impl AgentConfig {
         }
     }
 
-    /// Whether absolute path `abs` matches `pattern`.
+    /// Whether absolute path `abs` matches `pattern` (as if expanded with
+    /// [`Self::expand`]; without building the expansion: this runs for
+    /// every pattern and every file of a manifest).
     fn matches(&self, pattern: &str, abs: &str) -> bool {
-        let p = self.expand(pattern);
-        if p.ends_with('/') {
-            abs.starts_with(&p) || abs == p.trim_end_matches('/')
+        let tail = match pattern.strip_prefix("~/") {
+            Some(t) => t,
+            None if pattern == "~" => "",
+            None => return matches_expanded(pattern, abs),
+        };
+        // The expansion is `home/tail` (home without trailing slashes).
+        let Some(rest) = abs.strip_prefix(self.home.trim_end_matches('/')) else {
+            return false;
+        };
+        if tail.is_empty() || tail.ends_with('/') {
+            // A subtree: below it, or the directory itself.
+            let t = tail.trim_end_matches('/');
+            if t.is_empty() {
+                rest.is_empty() || rest.strip_prefix('/').is_some_and(|r| r.starts_with(tail))
+            } else {
+                rest.strip_prefix('/')
+                    .is_some_and(|r| r.starts_with(tail) || r == t)
+            }
         } else {
-            abs == p
+            rest.strip_prefix('/') == Some(tail)
         }
     }
 
@@ -227,5 +255,62 @@ mod tests {
         assert!(!c.allowed("/home/user/.ssh/authorized_keys", &[]));
         assert!(c.auto("/home/user/.config/app/x.conf"));
         assert!(!c.auto("/home/user/.config/other"));
+    }
+
+    /// The matcher agrees with matching against the expanded pattern.
+    #[test]
+    fn matching_without_expanding_agrees_with_expanding() {
+        let patterns = [
+            "~",
+            "~/",
+            "~/.ssh/",
+            "~/.ssh",
+            "~/a/b/",
+            "~//",
+            "/etc/",
+            "/etc",
+            "/",
+            "/etc/app/x",
+        ];
+        let paths = [
+            "/home/user",
+            "/home/user/",
+            "/home/userx",
+            "/home/userx/a",
+            "/home/user/.ssh",
+            "/home/user/.ssh/",
+            "/home/user/.ssh/id",
+            "/home/user/.sshx",
+            "/home/user/a/b",
+            "/home/user/a/bc",
+            "/home/user//x",
+            "/etc",
+            "/etc/",
+            "/etcx",
+            "/etc/app/x",
+            "/",
+            "",
+        ];
+        for home in ["/home/user", "/home/user/", "/"] {
+            let c = AgentConfig {
+                home: home.into(),
+                ..AgentConfig::default()
+            };
+            for p in patterns {
+                for a in paths {
+                    let e = c.expand(p);
+                    let want = if e.ends_with('/') {
+                        a.starts_with(&e) || a == e.trim_end_matches('/')
+                    } else {
+                        a == e
+                    };
+                    assert_eq!(
+                        c.matches(p, a),
+                        want,
+                        "home {home:?} pattern {p:?} path {a:?}"
+                    );
+                }
+            }
+        }
     }
 }

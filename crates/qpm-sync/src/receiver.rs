@@ -253,9 +253,26 @@ impl Op {
 }
 
 fn key(tree: Tree, path: &str) -> String {
-    match tree {
-        Tree::Home => format!("h:{path}"),
-        Tree::System => format!("s:{path}"),
+    let mut k = String::with_capacity(path.len() + 2);
+    push_key(&mut k, tree, path);
+    k
+}
+
+/// Appends the key of `tree`/`path` (see [`key`]) to `k`.
+fn push_key(k: &mut String, tree: Tree, path: &str) {
+    k.push_str(match tree {
+        Tree::Home => "h:",
+        Tree::System => "s:",
+    });
+    k.push_str(path);
+}
+
+/// The tree and path of a key (see [`key`]).
+fn split_key(k: &str) -> Option<(Tree, &str)> {
+    match k.split_once(':') {
+        Some(("h", p)) => Some((Tree::Home, p)),
+        Some(("s", p)) => Some((Tree::System, p)),
+        _ => None,
     }
 }
 
@@ -321,6 +338,17 @@ fn hash_hex(h: &[u8; 32]) -> String {
     hex::encode(h)
 }
 
+/// Whether `hex` is [`hash_hex`] of `h`, without building the string.
+fn hex_eq(hex: &str, h: &[u8; 32]) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == 64
+        && hex
+            .as_bytes()
+            .chunks_exact(2)
+            .zip(h)
+            .all(|(pair, &b)| pair == [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+}
+
 /// The receiver.
 #[derive(Debug)]
 pub struct Agent {
@@ -331,7 +359,7 @@ pub struct Agent {
     extra_deny: Vec<String>,
     euid: u32,
     home_owner: (u32, u32),
-    step: std::cell::Cell<u32>,
+    step: std::sync::atomic::AtomicU32,
 }
 
 /// Decision on a plan.
@@ -379,7 +407,7 @@ impl Agent {
             extra_deny,
             euid,
             home_owner: (hm.uid, hm.gid),
-            step: std::cell::Cell::new(0),
+            step: std::sync::atomic::AtomicU32::new(0),
         };
         for d in ["pending", "backups"] {
             agent
@@ -392,8 +420,9 @@ impl Agent {
 
     /// Test hook: counts journal steps and kills the process at the chosen one.
     fn step(&self, what: &str) {
-        let n = self.step.get().saturating_add(1);
-        self.step.set(n);
+        use std::sync::atomic::Ordering;
+        let n = self.step.load(Ordering::Relaxed).saturating_add(1);
+        self.step.store(n, Ordering::Relaxed);
         tracing::trace!(step = n, what, "journal step");
         if self.opts.crash_at == Some(n) {
             let _ = rustix::process::kill_process(
@@ -520,14 +549,32 @@ impl Agent {
             conflicts: 0,
             message: msg.into(),
         };
-        let manifest = match proto::read_frame(
-            input,
-            frame::MANIFEST,
-            "manifest",
-            proto::MAX_MANIFEST_BYTES,
-        )
-        .and_then(|b| Manifest::decode(&b))
-        {
+        // The target files named in the applied records are `stat`ed on a
+        // second thread while the manifest arrives and is decoded: a push
+        // with nothing to change is then only a comparison.
+        let (first, pre) = std::thread::scope(|s| {
+            let pre = s.spawn(|| self.prestat());
+            let first = match proto::read_header(input) {
+                // The caller hung up without a request (e.g. its own
+                // repository failed to load after it opened the call).
+                Ok(None) => None,
+                Ok(Some((t, len))) => Some(if t == frame::MANIFEST {
+                    proto::read_payload(input, len, "manifest", proto::MAX_MANIFEST_BYTES)
+                        .and_then(|b| Manifest::decode(&b))
+                } else {
+                    Err(proto::ProtoError::UnexpectedFrame {
+                        expected: "manifest",
+                        got: t,
+                    })
+                }),
+                Err(e) => Some(Err(e)),
+            };
+            (first, pre.join().ok().flatten())
+        });
+        let Some(first) = first else {
+            return Ok(fail(Code::Refused, "no request"));
+        };
+        let manifest = match first {
             Ok(m) => m,
             Err(e) => {
                 self.log(&format!("refused stream from {:?}: {e}", self.opts.caller));
@@ -546,7 +593,7 @@ impl Agent {
         if manifest.kind == proto::Kind::Capture {
             return self.capture(&manifest, &caller, output);
         }
-        match self.receive(&manifest, &caller, input, output) {
+        match self.receive(&manifest, &caller, input, output, pre) {
             Ok(o) => {
                 proto::write_frame(output, frame::RESULT, &o.encode())?;
                 output.flush()?;
@@ -699,29 +746,60 @@ impl Agent {
         }
     }
 
+    /// The applied records, with the target file of each `stat`ed (in a
+    /// [`Dirs`] whose parent directories passed the tree's checks). `None`
+    /// when the records cannot be read: [`Self::receive`] then reads them
+    /// again and reports why. A file whose directory fails a check is left
+    /// out, so the check fails again, and is reported, when the manifest
+    /// names it.
+    fn prestat(&self) -> Option<(Applied, Dirs<'_>)> {
+        let applied = self.load_applied().ok()?;
+        let mut dirs = Dirs::new(self);
+        for k in applied.files.keys() {
+            let Some((tree, p)) = split_key(k) else {
+                continue;
+            };
+            let Ok(path) = RelPath::new(p) else {
+                continue;
+            };
+            if let Ok(m) = dirs.stat(tree, &path) {
+                dirs.seen.insert(k.clone(), m);
+            }
+        }
+        Some((applied, dirs))
+    }
+
     fn receive(
         &self,
         m: &Manifest,
         caller: &str,
         input: &mut dyn Read,
         output: &mut dyn Write,
+        pre: Option<(Applied, Dirs<'_>)>,
     ) -> Result<Outcome> {
         self.check_entries(m, caller)?;
-        let applied = self.load_applied()?;
+        let (applied, mut dirs) = match pre {
+            Some(p) => p,
+            None => (self.load_applied()?, Dirs::new(self)),
+        };
         let cfg = &self.opts.config;
-        let mut dirs = Dirs::new(self);
         // What is needed, and what would conflict.
         let mut need = Vec::new();
         let mut base: HashMap<u32, Option<String>> = HashMap::new();
         let mut conflicts: BTreeSet<u32> = BTreeSet::new();
+        // Entries with a record from this caller (manifest paths are
+        // unique, so when these are all its records nothing is deleted).
+        let mut listed_from_caller = 0usize;
+        let mut k = String::new();
         for (i, e) in m.entries.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            let k = key(e.tree, e.path.as_str());
-            let want = hash_hex(&e.hash);
-            let rec = applied.files.get(&k);
-            let meta = dirs.stat(e.tree, &e.path)?;
+            k.clear();
+            push_key(&mut k, e.tree, e.path.as_str());
+            let rec = applied.files.get(k.as_str());
+            let meta = dirs.stat_seen(&k, e.tree, &e.path)?;
             if let Some(r) = rec {
-                if r.hash == want
+                listed_from_caller += usize::from(r.source == caller);
+                if hex_eq(&r.hash, &e.hash)
                     && u32::from(e.mode) == r.mode
                     && r.source == caller
                     && unchanged(meta.as_ref(), r)
@@ -729,6 +807,7 @@ impl Agent {
                     continue;
                 }
             }
+            let want = hash_hex(&e.hash);
             let cur = self.hash_seen(e.tree, &e.path, meta, cfg.max_file_size)?;
             if cur.as_deref() == Some(want.as_str())
                 && rec.is_some_and(|r| r.mode == u32::from(e.mode) && r.source == caller)
@@ -754,24 +833,34 @@ impl Agent {
             need.push(i);
         }
         // Deletions: what this source placed and no longer sends.
-        let listed: BTreeSet<String> = m
-            .entries
-            .iter()
-            .map(|e| key(e.tree, e.path.as_str()))
-            .collect();
         let mut deletes = Vec::new();
         let mut kept = Vec::new();
-        for (k, r) in &applied.files {
+        let from_caller = applied
+            .files
+            .values()
+            .filter(|r| r.source == caller)
+            .count();
+        let listed: BTreeSet<String> = if from_caller == listed_from_caller {
+            BTreeSet::new()
+        } else {
+            m.entries
+                .iter()
+                .map(|e| key(e.tree, e.path.as_str()))
+                .collect()
+        };
+        let unlisted = applied
+            .files
+            .iter()
+            .take_while(|_| from_caller != listed_from_caller);
+        for (k, r) in unlisted {
             if r.source != caller || listed.contains(k) {
                 continue;
             }
-            let (tree, p) = match k.split_once(':') {
-                Some(("h", p)) => (Tree::Home, p),
-                Some(("s", p)) => (Tree::System, p),
-                _ => continue,
+            let Some((tree, p)) = split_key(k) else {
+                continue;
             };
             let path = rel(p)?;
-            let meta = dirs.stat(tree, &path)?;
+            let meta = dirs.stat_seen(k, tree, &path)?;
             let cur = if unchanged(meta.as_ref(), r) {
                 Some(r.hash.clone())
             } else {
@@ -1714,6 +1803,9 @@ struct Dirs<'a> {
     agent: &'a Agent,
     /// `None`: the directory does not exist.
     open: HashMap<(Tree, String), Option<Root>>,
+    /// Metadata already read, by [`key`], each used once (see
+    /// [`Agent::prestat`]).
+    seen: HashMap<String, Option<qpm_fs::Meta>>,
 }
 
 impl<'a> Dirs<'a> {
@@ -1721,6 +1813,16 @@ impl<'a> Dirs<'a> {
         Self {
             agent,
             open: HashMap::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// [`Self::stat`] of the file with key `k`, taken from what was read
+    /// ahead when there is one.
+    fn stat_seen(&mut self, k: &str, tree: Tree, path: &RelPath) -> Result<Option<qpm_fs::Meta>> {
+        match self.seen.remove(k) {
+            Some(m) => Ok(m),
+            None => self.stat(tree, path),
         }
     }
 

@@ -299,12 +299,24 @@ fn plan(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
 }
 
 fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
+    // The first call starts before the repository is read: the target's
+    // agent starts, and checks its files, while the repository is walked
+    // (a call left without a request when loading fails costs the agent
+    // nothing but its start).
+    let mut early = match qubes.first() {
+        Some(q) => Some((q.clone(), connect(ctx, q)?)),
+        None => None,
+    };
     let s = setup(ctx, r)?;
     let mut cache = HashCache::load(s.state.root());
     let source = source_name();
     let mut all_ok = true;
     let mut results = Vec::new();
     for q in targets(&s, qubes) {
+        let call = match early.take() {
+            Some((eq, call)) if eq == q => call,
+            _ => connect(ctx, &q)?,
+        };
         let it = items(&s, &q)?;
         let (via, notes) = match sender::ensure_persistence(&s.admin, &q, &it, false) {
             Ok(x) => x,
@@ -319,7 +331,7 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
             }
         }
         let m = sender::manifest(&s.repo, &mut cache, &source, &it, via)?;
-        let mut call = connect(ctx, &q)?;
+        let mut call = call;
         let stdin = call.stdin.take().context("no stdin")?;
         let res = sender::push(&q, &s.repo, &m, &it, stdin, &mut call.stdout);
         let exit = call.finish();
