@@ -587,6 +587,14 @@ impl Root {
         Ok(created)
     }
 
+    /// Checks `policy` on the directory this root is (its owner and mode,
+    /// through its own handle: the directory that will be used, not a
+    /// path looked up again).
+    pub fn check_self(&self, policy: &DirPolicy) -> Result<()> {
+        let shown = if self.rel.is_empty() { "." } else { &self.rel };
+        check_owner(policy, &self.root_metadata()?, shown)
+    }
+
     /// Checks `policy` on every existing directory of `rel` (a directory
     /// path), refusing symlinks and non-directories.
     pub fn check_dirs(&self, rel: &RelPath, policy: &DirPolicy) -> Result<()> {
@@ -778,9 +786,11 @@ impl Root {
             .map_err(|e| io_err("open", &shown, e))?,
             Some(r) => self.open_beneath(r.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, 0)?,
         };
-        let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| io_err("read dir", &shown, e))?;
+        // The descriptor was opened for this listing: the stream takes it
+        // (`read_from` would reopen it).
+        let mut dir = rustix::fs::Dir::new(fd).map_err(|e| io_err("read dir", &shown, e))?;
         let mut out = Vec::new();
-        for ent in dir {
+        while let Some(ent) = dir.read() {
             let ent = ent.map_err(|e| io_err("read dir", &shown, e))?;
             let name = ent.file_name().to_bytes();
             if name == b"." || name == b".." {
@@ -790,7 +800,9 @@ impl Root {
                 FileType::RegularFile => Kind::File,
                 FileType::Directory => Kind::Dir,
                 FileType::Symlink => Kind::Symlink,
-                FileType::Unknown => match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                FileType::Unknown => match dir
+                    .fd()
+                    .and_then(|fd| rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW))
                 {
                     Ok(st) => meta_from(&st).kind,
                     Err(_) => Kind::Other,

@@ -1806,6 +1806,8 @@ struct Dirs<'a> {
     /// Metadata already read, by [`key`], each used once (see
     /// [`Agent::prestat`]).
     seen: HashMap<String, Option<qpm_fs::Meta>>,
+    /// Directories whose whole path passed [`Root::check_dirs`].
+    checked: std::collections::HashSet<(Tree, String)>,
 }
 
 impl<'a> Dirs<'a> {
@@ -1814,6 +1816,7 @@ impl<'a> Dirs<'a> {
             agent,
             open: HashMap::new(),
             seen: HashMap::new(),
+            checked: std::collections::HashSet::new(),
         }
     }
 
@@ -1839,17 +1842,35 @@ impl<'a> Dirs<'a> {
                 self.open.clear();
             }
             let troot = self.agent.tree_root(tree);
-            troot.check_dirs(&parent, &self.agent.dir_policy(tree))?;
+            let policy = self.agent.dir_policy(tree);
+            // Opened without following symlinks: its ancestors are checked
+            // (once per pass) and the directory itself through its handle.
+            // When it cannot be opened, the full check says why.
             let h = match troot.open_dir(&parent) {
-                Ok(h) => Some(h),
-                Err(qpm_fs::Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound
-                        || source.raw_os_error()
-                            == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
-                {
-                    None
+                Ok(h) => {
+                    if let Some(up) = parent.parent() {
+                        let uk = (tree, up.as_str().to_owned());
+                        if !self.checked.contains(&uk) {
+                            troot.check_dirs(&up, &policy)?;
+                            self.checked.insert(uk);
+                        }
+                    }
+                    h.check_self(&policy)?;
+                    Some(h)
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    troot.check_dirs(&parent, &policy)?;
+                    match e {
+                        qpm_fs::Error::Io { source, .. }
+                            if source.kind() == std::io::ErrorKind::NotFound
+                                || source.raw_os_error()
+                                    == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+                        {
+                            None
+                        }
+                        e => return Err(e.into()),
+                    }
+                }
             };
             self.open.insert(k.clone(), h);
         }

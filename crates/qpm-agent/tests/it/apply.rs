@@ -26,6 +26,58 @@ fn auto_apply_then_unchanged_in_one_round_trip() {
     assert!(q.pending().is_empty());
 }
 
+/// The agent `stat`s the files it placed before the manifest arrives; a
+/// directory that became unsafe since the last sync is still refused, and
+/// an edit that keeps the size is still found.
+#[test]
+fn files_checked_ahead_still_pass_the_directory_checks() {
+    let q = Qube::auto();
+    let files: &[(&str, &[u8])] = &[("shared/a.conf", b"a=1\n"), ("shared/b.conf", b"b=1\n")];
+    let (_, o, _) = q.push(files);
+    assert_eq!(o.code, Code::Applied, "{o:?}");
+    // Same size, new content: found although the manifest is unchanged.
+    std::fs::write(q.home.join("shared/b.conf"), b"b=2\n").unwrap();
+    let (_, o, asked) = q.push(files);
+    assert_eq!((o.code, o.conflicts), (Code::Queued, 1), "{o:?}");
+    assert!(asked);
+    // A directory of placed files made writable by others: refused.
+    let q = Qube::auto();
+    q.push(files);
+    std::fs::set_permissions(
+        q.home.join("shared"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let before = q.snapshot();
+    let (code, o, asked) = q.push(files);
+    assert_eq!((code, o.code), (1, Code::Refused), "{o:?}");
+    assert!(!asked);
+    assert_eq!(q.snapshot(), before);
+    // Replaced by a symlink to an identical copy elsewhere: refused, not
+    // taken as unchanged.
+    let q = Qube::auto();
+    q.push(files);
+    std::fs::rename(q.home.join("shared"), q.outside.join("shared")).unwrap();
+    std::os::unix::fs::symlink(q.outside.join("shared"), q.home.join("shared")).unwrap();
+    let before = q.snapshot();
+    let (code, o, _) = q.push(files);
+    assert_eq!((code, o.code), (1, Code::Refused), "{o:?}");
+    assert_eq!(q.snapshot(), before);
+}
+
+/// A caller that hangs up before sending anything gets no reply and leaves
+/// nothing behind.
+#[test]
+fn call_closed_without_a_request() {
+    let q = Qube::auto();
+    q.push(&[(".vimrc", b"set nu\n")]);
+    let before = q.snapshot();
+    let (code, out) = q.raw(b"");
+    assert_eq!((code, out.len()), (1, 0));
+    assert_eq!(q.snapshot(), before);
+    assert!(q.pending().is_empty());
+}
+
 #[test]
 fn review_queue_yes_and_no() {
     let q = Qube::review();
