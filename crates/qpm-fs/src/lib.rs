@@ -198,6 +198,12 @@ impl RelPath {
 
     /// Validates a string.
     pub fn new(s: &str) -> Result<Self> {
+        Self::check(s)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The checks of [`Self::new`].
+    fn check(s: &str) -> Result<()> {
         let bad = |reason| Error::InvalidPath {
             path: esc(s.get(..s.len().min(200)).unwrap_or("")),
             reason,
@@ -227,7 +233,7 @@ impl RelPath {
         if depth > MAX_DEPTH {
             return Err(bad("too deep"));
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 
     /// The path as a string (unescaped: do not print it to a terminal as is).
@@ -257,7 +263,12 @@ impl RelPath {
 
     /// `self/other`, validated again (length and depth).
     pub fn join(&self, other: &Self) -> Result<Self> {
-        Self::new(&format!("{}/{}", self.0, other.0))
+        let mut s = String::with_capacity(self.0.len() + 1 + other.0.len());
+        s.push_str(&self.0);
+        s.push('/');
+        s.push_str(&other.0);
+        Self::check(&s)?;
+        Ok(Self(s))
     }
 
     /// Whether `self` equals `prefix` or lies below it.

@@ -476,7 +476,7 @@ impl Manifest {
 /// also a directory of another entry (`a` and `a/b`).
 fn check_collisions(entries: &[Entry]) -> Result<()> {
     use std::collections::{HashMap, HashSet};
-    let mut seen: HashMap<(Tree, String), &str> = HashMap::new();
+    let mut seen: HashMap<(Tree, String), &str> = HashMap::with_capacity(entries.len());
     for e in entries {
         let folded = e.path.as_str().to_lowercase();
         if let Some(prev) = seen.insert((e.tree, folded), e.path.as_str()) {

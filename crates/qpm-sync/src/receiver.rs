@@ -755,6 +755,7 @@ impl Agent {
     fn prestat(&self) -> Option<(Applied, Dirs<'_>)> {
         let applied = self.load_applied().ok()?;
         let mut dirs = Dirs::new(self);
+        dirs.seen.reserve(applied.files.len());
         for k in applied.files.keys() {
             let Some((tree, p)) = split_key(k) else {
                 continue;

@@ -334,10 +334,10 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
         let mut call = call;
         let stdin = call.stdin.take().context("no stdin")?;
         let res = sender::push(&q, &s.repo, &m, &it, stdin, &mut call.stdout);
-        let exit = call.finish();
         let o = match res {
             Ok(o) => o,
             Err(e) => {
+                let exit = call.finish();
                 all_ok = false;
                 if exit == Some(REFUSED) {
                     eprintln!(
@@ -374,6 +374,9 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
             );
         }
         results.push(serde_json::json!({"qube": q, "result": o}));
+        // The agent exits while the above is recorded; its status matters
+        // only when the exchange failed.
+        call.finish();
     }
     cache.save(s.state.root())?;
     if ctx.json {
