@@ -172,7 +172,9 @@ impl Applied {
         let last_sync = text(take(n)?)?;
         let last_applied = u64::from_be_bytes(take(8)?.try_into().ok()?);
         let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
-        let mut files = BTreeMap::new();
+        // Collected, then built in one go (the file is written in key
+        // order, so this is a linear bulk build, not a search per entry).
+        let mut files = Vec::with_capacity((count as usize).min(b.len() / 60));
         for _ in 0..count {
             let n = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
             let key = text(take(n)?)?;
@@ -187,7 +189,7 @@ impl Applied {
             let ino = u64::from_be_bytes(take(8)?.try_into().ok()?);
             let mtime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
             let ctime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
-            files.insert(
+            files.push((
                 key,
                 Record {
                     hash,
@@ -200,10 +202,10 @@ impl Applied {
                     mtime_ns,
                     ctime_ns,
                 },
-            );
+            ));
         }
-        c.is_empty().then_some(Self {
-            files,
+        c.is_empty().then(|| Self {
+            files: files.into_iter().collect(),
             last_sync,
             last_applied,
         })
