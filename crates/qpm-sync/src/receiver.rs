@@ -554,8 +554,9 @@ impl Agent {
         // The target files named in the applied records are `stat`ed on a
         // second thread while the manifest arrives and is decoded: a push
         // with nothing to change is then only a comparison.
+        let stop = std::sync::atomic::AtomicBool::new(false);
         let (first, pre) = std::thread::scope(|s| {
-            let pre = s.spawn(|| self.prestat());
+            let pre = s.spawn(|| self.prestat(&stop));
             let first = match proto::read_header(input) {
                 // The caller hung up without a request (e.g. its own
                 // repository failed to load after it opened the call).
@@ -571,6 +572,11 @@ impl Agent {
                 }),
                 Err(e) => Some(Err(e)),
             };
+            // Only a sync uses it: a status or capture call, or a bad
+            // stream, does not wait for the whole pass.
+            if !matches!(&first, Some(Ok(m)) if m.kind == proto::Kind::Sync) {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             (first, pre.join().ok().flatten())
         });
         let Some(first) = first else {
@@ -753,12 +759,15 @@ impl Agent {
     /// when the records cannot be read: [`Self::receive`] then reads them
     /// again and reports why. A file whose directory fails a check is left
     /// out, so the check fails again, and is reported, when the manifest
-    /// names it.
-    fn prestat(&self) -> Option<(Applied, Dirs<'_>)> {
+    /// names it. Gives up (`None`) when `stop` is set.
+    fn prestat(&self, stop: &std::sync::atomic::AtomicBool) -> Option<(Applied, Dirs<'_>)> {
         let applied = self.load_applied().ok()?;
         let mut dirs = Dirs::new(self);
         dirs.seen.reserve(applied.files.len());
         for k in applied.files.keys() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
             let Some((tree, p)) = split_key(k) else {
                 continue;
             };
