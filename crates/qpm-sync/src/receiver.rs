@@ -556,7 +556,10 @@ impl Agent {
         // with nothing to change is then only a comparison.
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (first, pre) = std::thread::scope(|s| {
-            let pre = s.spawn(|| self.prestat(&stop));
+            // Without a thread (none could be started), no read-ahead.
+            let pre = std::thread::Builder::new()
+                .spawn_scoped(s, || self.prestat(&stop))
+                .ok();
             let first = match proto::read_header(input) {
                 // The caller hung up without a request (e.g. its own
                 // repository failed to load after it opened the call).
@@ -577,7 +580,7 @@ impl Agent {
             if !matches!(&first, Some(Ok(m)) if m.kind == proto::Kind::Sync) {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            (first, pre.join().ok().flatten())
+            (first, pre.and_then(|p| p.join().ok().flatten()))
         });
         let Some(first) = first else {
             return Ok(fail(Code::Refused, "no request"));
