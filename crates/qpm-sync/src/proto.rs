@@ -141,6 +141,18 @@ pub enum Kind {
     /// Send back the one file named by the single entry (size and hash
     /// zero), for `qpm sync capture`.
     Capture = 3,
+    /// Push the manifest's files as a named set: like [`Kind::Sync`], but
+    /// the source name field names the set (`pkg.NAME` for a package), and
+    /// the target keeps what each (caller, set) placed apart, so deletions
+    /// of one set never touch the files of another.
+    SyncSet = 4,
+}
+
+impl Kind {
+    /// Whether the request pushes files (a sync, plain or of a set).
+    pub fn is_sync(self) -> bool {
+        matches!(self, Kind::Sync | Kind::SyncSet)
+    }
 }
 
 /// One file of a manifest.
@@ -346,6 +358,7 @@ impl Manifest {
             1 => Kind::Sync,
             2 => Kind::Status,
             3 => Kind::Capture,
+            4 => Kind::SyncSet,
             k => return Err(inv("kind", &format!("unknown kind {k}"))),
         };
         let slen = usize::from(c.u8("source length")?);
@@ -368,6 +381,9 @@ impl Manifest {
                 limit: u64::from(MAX_FILES),
                 got: u64::from(count),
             });
+        }
+        if kind == Kind::SyncSet && source.is_empty() {
+            return Err(inv("source", "a set without a name"));
         }
         if kind == Kind::Status && count != 0 {
             return Err(inv("entry count", "status request with entries"));

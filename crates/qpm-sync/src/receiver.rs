@@ -707,6 +707,10 @@ impl Agent {
         output: &mut dyn Write,
     ) -> Result<Outcome> {
         self.check_entries(m, caller)?;
+        // From here on, what this request owns: the caller's plain set or
+        // one of its named sets.
+        let owner = set_owner(m, caller);
+        let caller = owner.as_str();
         let applied = self.load_applied()?;
         let cfg = &self.opts.config;
         let mut dirs = Dirs::new(self);
@@ -1773,6 +1777,17 @@ impl Read for HashingReader<'_> {
         let n = self.inner.read(buf)?;
         self.hasher.update(buf.get(..n).unwrap_or(&[]));
         Ok(n)
+    }
+}
+
+/// The owner recorded for the files of a sync: the caller for a plain
+/// sync, `CALLER:SET` for a sync of a named set (qube names hold no `:`,
+/// so the two never collide).
+pub fn set_owner(m: &Manifest, caller: &str) -> String {
+    if m.kind == proto::Kind::SyncSet {
+        format!("{caller}:{}", m.source)
+    } else {
+        caller.to_owned()
     }
 }
 

@@ -252,3 +252,37 @@ fn many_files_push() {
     let m = manifest(&files);
     assert_eq!(m.entries.len(), 300);
 }
+
+/// A named set (a package's files) and the caller's plain set are kept
+/// apart: each push lists only its own files, and neither deletes the
+/// other's.
+#[test]
+fn named_sets_do_not_delete_each_other() {
+    let q = Qube::auto();
+    let set = |files: &[(&str, &[u8])]| {
+        let mut m = manifest(files);
+        m.kind = qpm_sync::proto::Kind::SyncSet;
+        m.source = "pkg.demo".into();
+        q.push_entries(&m, files)
+    };
+    let (_, o, _) = q.push(&[(".gitconfig", b"mine\n")]);
+    assert_eq!(o.code, Code::Applied, "{o:?}");
+    let (_, o, _) = set(&[("bookmarks", b"b1\n"), ("old", b"o\n")]);
+    assert_eq!((o.code, o.written, o.deleted), (Code::Applied, 2, 0), "{o:?}");
+    assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
+    // The plain set again, without the set's files: nothing deleted.
+    let (_, o, _) = q.push(&[(".gitconfig", b"mine\n")]);
+    assert_eq!(o.code, Code::Unchanged, "{o:?}");
+    assert_eq!(q.read_home("bookmarks").unwrap(), b"b1\n");
+    // The set drops a file: only that one goes.
+    let (_, o, _) = set(&[("bookmarks", b"b2\n")]);
+    assert_eq!((o.code, o.written, o.deleted), (Code::Applied, 1, 1), "{o:?}");
+    assert_eq!(q.read_home("old"), None);
+    assert_eq!(q.read_home("bookmarks").unwrap(), b"b2\n");
+    assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
+    // The set empty: its files go, the plain set's stay.
+    let (_, o, _) = set(&[]);
+    assert_eq!((o.code, o.deleted), (Code::Applied, 1), "{o:?}");
+    assert_eq!(q.read_home("bookmarks"), None);
+    assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
+}
