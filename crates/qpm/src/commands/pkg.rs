@@ -17,6 +17,7 @@ use qpm_pkg::record::RECORD_FEATURE;
 use qpm_pkg::state::{Actual, Read, created_by_tag, package_tag};
 use serde_json::json;
 
+use crate::commands::pkgfiles::{self, FilesPlan};
 use crate::connect;
 use crate::ctx::{Ctx, Status};
 
@@ -407,6 +408,15 @@ impl Observer for Progress {
     }
 }
 
+/// The file deliveries of an install/upgrade, with what they need.
+struct FilesRun {
+    plan: FilesPlan,
+    mgmt: String,
+    /// Qubes running before the run (the others are shut down again after
+    /// their push).
+    running: BTreeSet<String>,
+}
+
 /// Runs a plan under the journal; returns (status, json summary).
 /// Prints the plan; without a state directory (a dry run) stops there,
 /// otherwise runs it. The `--json` summary either way.
@@ -417,19 +427,37 @@ fn show_and_run(
     sd: Option<&StateDir>,
     plan: &Plan,
     journal: Option<Journal>,
+    mut files: Option<FilesRun>,
 ) -> Result<Status> {
     print_plan(ctx, plan);
+    if let Some(f) = &files {
+        f.plan.print(ctx);
+    }
     let Some(sd) = sd else {
         if ctx.json {
-            print_json(&summary(
-                plan,
-                counts,
-                json!({"result": "planned", "dry_run": true}),
-            ))?;
+            let mut extra = json!({"result": "planned", "dry_run": true});
+            if let Some(f) = &files {
+                extra["files"] = f.plan.to_json();
+            }
+            print_json(&summary(plan, counts, extra))?;
         }
         return Ok(Status::Success);
     };
-    let (status, extra) = execute(ctx, client, counts, sd, plan, journal)?;
+    let (mut status, mut extra) = execute(ctx, client, counts, sd, plan, journal)?;
+    if let Some(f) = files.as_mut() {
+        if status == Status::Success {
+            // After the qubes exist and the policy is in place.
+            let (ok, v) = f.plan.deliver(ctx, client, &f.mgmt, &f.running)?;
+            extra["files"] = v;
+            if !ok {
+                status = Status::Error;
+                extra["result"] = json!("failed");
+            }
+        } else {
+            extra["files"] = f.plan.to_json();
+            note(ctx, "files: not delivered (the install did not complete)");
+        }
+    }
     if ctx.json {
         print_json(&summary(plan, counts, extra))?;
     }
@@ -572,6 +600,23 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
     let mgmt = connect::mgmt_name(ctx)?;
     let (client, counts) = connect::admin_counted(ctx)?;
     let actual = read_for_apply(&client, m, &mgmt)?;
+    let files = if pd.manifest.files.is_empty() && !changes {
+        None
+    } else {
+        let state = state_dir(&a.state).unwrap_or_default();
+        let plan = pkgfiles::plan(pd.path(), m, &state)?;
+        let running = actual
+            .listed
+            .values()
+            .filter(|i| i.state != "Halted")
+            .map(|i| i.name.clone())
+            .collect();
+        Some(FilesRun {
+            plan,
+            mgmt: mgmt.clone(),
+            running,
+        })
+    };
     let opts = Options {
         mgmt,
         adopt: a.adopt,
@@ -627,7 +672,7 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
         .filter_map(|v| semver::Version::parse(v).ok())
         .max();
     qpm_repo::check_upgrade(&m.name, newest.as_ref(), &m.version, a.allow_downgrade)?;
-    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal)
+    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal, files)
 }
 
 /// Every listed qube's tags, then the package's qubes in detail.
@@ -732,7 +777,13 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
         }
         r => r?,
     };
-    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal)
+    let status = show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal, None)?;
+    if let Some(sd) = &sd
+        && status == Status::Success
+    {
+        pkgfiles::forget(sd.path(), &name)?;
+    }
+    Ok(status)
 }
 
 /// The installed packages (from the tags on the qubes) with their qubes,
