@@ -295,7 +295,10 @@ fn install_agent(dir: &Path) -> Result<()> {
         return Ok(());
     };
     if agent.to_string_lossy().contains('\'') {
-        bail!("the path of qpm-agent contains a quote: {}", agent.display());
+        bail!(
+            "the path of qpm-agent contains a quote: {}",
+            agent.display()
+        );
     }
     let wrapper = dir.join("bin/qpm-agent-service");
     std::fs::create_dir_all(dir.join("bin"))?;

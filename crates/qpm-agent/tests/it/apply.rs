@@ -268,7 +268,11 @@ fn named_sets_do_not_delete_each_other() {
     let (_, o, _) = q.push(&[(".gitconfig", b"mine\n")]);
     assert_eq!(o.code, Code::Applied, "{o:?}");
     let (_, o, _) = set(&[("bookmarks", b"b1\n"), ("old", b"o\n")]);
-    assert_eq!((o.code, o.written, o.deleted), (Code::Applied, 2, 0), "{o:?}");
+    assert_eq!(
+        (o.code, o.written, o.deleted),
+        (Code::Applied, 2, 0),
+        "{o:?}"
+    );
     assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
     // The plain set again, without the set's files: nothing deleted.
     let (_, o, _) = q.push(&[(".gitconfig", b"mine\n")]);
@@ -276,7 +280,11 @@ fn named_sets_do_not_delete_each_other() {
     assert_eq!(q.read_home("bookmarks").unwrap(), b"b1\n");
     // The set drops a file: only that one goes.
     let (_, o, _) = set(&[("bookmarks", b"b2\n")]);
-    assert_eq!((o.code, o.written, o.deleted), (Code::Applied, 1, 1), "{o:?}");
+    assert_eq!(
+        (o.code, o.written, o.deleted),
+        (Code::Applied, 1, 1),
+        "{o:?}"
+    );
     assert_eq!(q.read_home("old"), None);
     assert_eq!(q.read_home("bookmarks").unwrap(), b"b2\n");
     assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");

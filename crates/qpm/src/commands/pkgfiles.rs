@@ -48,6 +48,9 @@ struct QubeRecord {
     id: String,
     /// Path (`~/x`, `/x`) to `HASH MODE`.
     files: BTreeMap<String, String>,
+    /// The qube queued it for review (rather than applying it).
+    #[serde(default)]
+    queued: bool,
 }
 
 /// Largest record file read.
@@ -62,6 +65,8 @@ pub(crate) struct Target {
     changes: Vec<(&'static str, String)>,
     /// The qube already accepted exactly this manifest: no call.
     skip: bool,
+    /// ... and queued it for review then.
+    queued: bool,
 }
 
 /// The file deliveries of one install/upgrade.
@@ -101,8 +106,7 @@ fn destination(path: &str) -> Result<(Tree, RelPath)> {
         Some(r) => (Tree::Home, r),
         None => (Tree::System, path.trim_start_matches('/')),
     };
-    let rel = RelPath::new(rel)
-        .with_context(|| format!("files.path `{}`", path.escape_debug()))?;
+    let rel = RelPath::new(rel).with_context(|| format!("files.path `{}`", path.escape_debug()))?;
     Ok((tree, rel))
 }
 
@@ -180,6 +184,7 @@ pub(crate) fn plan(dir: &Path, m: &PkgManifest, state: &Path) -> Result<FilesPla
             manifest,
             changes,
             skip,
+            queued: skip && old.is_some_and(|o| o.queued),
         });
     }
     Ok(FilesPlan {
@@ -197,16 +202,18 @@ impl FilesPlan {
         if ctx.quiet || self.targets.is_empty() {
             return;
         }
-        eprintln!(
-            "  files (qpm.SyncConfig, set {}):",
-            set_name(&self.package)
-        );
+        eprintln!("  files (qpm.SyncConfig, set {}):", set_name(&self.package));
         for t in &self.targets {
             let n = t.manifest.entries.len();
             if t.skip {
                 eprintln!(
-                    "    {}: {n} file(s), as last delivered: no push",
-                    t.qube
+                    "    {}: {n} file(s), as last delivered{}: no push",
+                    t.qube,
+                    if t.queued {
+                        " (then queued for review in the qube: `qpm-agent review` there)"
+                    } else {
+                        ""
+                    }
                 );
                 continue;
             }
@@ -264,7 +271,11 @@ impl FilesPlan {
         for t in &self.targets {
             let mut row = Self::target_json(t);
             if t.skip {
-                row["result"] = json!("as last delivered");
+                row["result"] = json!(if t.queued {
+                    "as last delivered, queued"
+                } else {
+                    "as last delivered"
+                });
                 rows.push(row);
                 continue;
             }
@@ -274,23 +285,14 @@ impl FilesPlan {
             if crash_after == Some(pushes) {
                 std::process::abort();
             }
-            if !running.contains(&t.qube) {
-                // The push started it: leave it as it was.
-                if let Err(e) = client.shutdown(
-                    &t.qube,
-                    ShutdownOptions {
-                        force: false,
-                        wait: true,
-                    },
-                ) {
-                    tracing::warn!("shutting {} down after its push: {e}", t.qube);
-                }
-            }
+            let started = !matches!(res, Err(PushError::Refused));
             let (said, good) = match res {
                 Ok(o) => {
                     let good = matches!(o.code, Code::Applied | Code::Unchanged | Code::Queued);
-                    if matches!(o.code, Code::Applied | Code::Unchanged) && o.conflicts == 0 {
-                        self.record.qubes.insert(t.qube.clone(), record_of(t));
+                    if good {
+                        self.record
+                            .qubes
+                            .insert(t.qube.clone(), record_of(t, o.code == Code::Queued));
                     }
                     let said = describe(&t.qube, &o);
                     row["result"] = json!(code_name(o.code));
@@ -318,6 +320,19 @@ impl FilesPlan {
                 }
             };
             ok &= good;
+            self.save()?;
+            if started && !running.contains(&t.qube) {
+                // The push started it: leave it as it was.
+                if let Err(e) = client.shutdown(
+                    &t.qube,
+                    ShutdownOptions {
+                        force: false,
+                        wait: true,
+                    },
+                ) {
+                    tracing::warn!("shutting {} down after its push: {e}", t.qube);
+                }
+            }
             if !ctx.json && !ctx.quiet {
                 eprintln!("{said}");
             }
@@ -352,8 +367,9 @@ impl FilesPlan {
     }
 }
 
-fn record_of(t: &Target) -> QubeRecord {
+fn record_of(t: &Target, queued: bool) -> QubeRecord {
     QubeRecord {
+        queued,
         id: t.manifest.id(),
         files: t
             .manifest
@@ -410,7 +426,14 @@ fn push_one(ctx: &Ctx, repo: &Repo, t: &Target) -> Result<Outcome, PushError> {
         .take()
         .context("no stdin")
         .map_err(PushError::Other)?;
-    let res = sender::push(&t.qube, repo, &t.manifest, &t.items, stdin, &mut call.stdout);
+    let res = sender::push(
+        &t.qube,
+        repo,
+        &t.manifest,
+        &t.items,
+        stdin,
+        &mut call.stdout,
+    );
     let exit = call.finish();
     match res {
         Ok(o) => Ok(o),

@@ -15,7 +15,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn example(app: &str, version: &str) -> String {
+pub(crate) fn example(app: &str, version: &str) -> String {
     repo()
         .join("examples")
         .join(app)
@@ -27,13 +27,13 @@ fn example(app: &str, version: &str) -> String {
 const APPS: [&str; 3] = ["split-browser", "securedrop-ws", "dangerzone"];
 
 /// A simulator plus a private qpm state directory.
-struct Env {
-    sim: SimDir,
-    state: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) sim: SimDir,
+    pub(crate) state: tempfile::TempDir,
 }
 
 impl Env {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let sim = SimDir::new();
         let out = sim.qpm(None).args(["sim", "start"]).output().unwrap();
         assert!(
@@ -47,7 +47,7 @@ impl Env {
         }
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = self.sim.qpm(None);
         c.env("QPM_STATE_DIR", self.state.path())
             .env_remove("QPM_TEST_CRASH_AFTER")
@@ -55,12 +55,12 @@ impl Env {
         c
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
 
     /// `qpm --json ARGS`, expecting exit `code`.
-    fn json(&self, args: &[&str], code: i32) -> Value {
+    pub(crate) fn json(&self, args: &[&str], code: i32) -> Value {
         let out = self.cmd().arg("--json").args(args).output().unwrap();
         assert_eq!(
             out.status.code(),
@@ -73,7 +73,7 @@ impl Env {
     }
 
     /// A client acting as `caller` (dom0 skips policy).
-    fn client(&self, caller: &str) -> Client {
+    pub(crate) fn client(&self, caller: &str) -> Client {
         Client::new(Simulator::new(
             self.sim.path().join("run/qrexec.sock"),
             caller,
@@ -87,7 +87,7 @@ impl Env {
     /// Everything an install can change, as dom0 sees it: qubes with class,
     /// properties (without per-instance ones: uuid, qid, addresses, ...),
     /// tags, features and firewall; and the package policy files.
-    fn dump(&self) -> BTreeMap<String, Value> {
+    pub(crate) fn dump(&self) -> BTreeMap<String, Value> {
         const VOLATILE: &[&str] = &[
             "uuid",
             "qid",
@@ -161,7 +161,7 @@ fn manifest(app: &str, version: &str) -> qpm_pkg::manifest::Manifest {
     qpm_pkg::manifest::load_dir(Path::new(&example(app, version))).unwrap()
 }
 
-fn calls(v: &Value) -> (u64, u64) {
+pub(crate) fn calls(v: &Value) -> (u64, u64) {
     (
         v["calls"]["read"].as_u64().unwrap(),
         v["calls"]["write"].as_u64().unwrap(),
