@@ -294,3 +294,37 @@ fn named_sets_do_not_delete_each_other() {
     assert_eq!(q.read_home("bookmarks"), None);
     assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
 }
+
+/// A check of a set names the entries not in place: edited, removed, or
+/// never placed by that set; it writes nothing.
+#[test]
+fn check_names_the_set_files_not_in_place() {
+    use qpm_sync::proto::{self, Kind, frame};
+    let q = Qube::auto();
+    let files: &[(&str, &[u8])] = &[("a", b"1"), ("b", b"2"), ("c", b"3")];
+    let mut m = manifest(files);
+    m.kind = Kind::SyncSet;
+    m.source = "pkg.demo".into();
+    let (_, o, _) = q.push_entries(&m, files);
+    assert_eq!(o.code, Code::Applied, "{o:?}");
+    // "c" is also pushed by the caller's plain set: no longer the set's.
+    q.push(&[("c", b"3")]);
+    let check = |m: &qpm_sync::proto::Manifest| {
+        let mut c = m.clone();
+        c.kind = Kind::Check;
+        let mut bytes = Vec::new();
+        proto::write_frame(&mut bytes, frame::MANIFEST, &c.encode()).unwrap();
+        let (code, out) = q.raw(&bytes);
+        assert_eq!(code, 0);
+        let mut r: &[u8] = &out;
+        let b = proto::read_frame(&mut r, frame::NEED, "need", 1 << 20).unwrap();
+        proto::decode_need(&b, 3).unwrap()
+    };
+    assert_eq!(check(&m), [2]);
+    std::fs::write(q.home.join("a"), b"edited").unwrap();
+    std::fs::remove_file(q.home.join("b")).unwrap();
+    let before = std::fs::read_dir(&q.state).unwrap().count();
+    assert_eq!(check(&m), [0, 1, 2]);
+    assert_eq!(q.read_home("a").unwrap(), b"edited");
+    assert_eq!(std::fs::read_dir(&q.state).unwrap().count(), before);
+}

@@ -108,6 +108,8 @@ pub(crate) struct NameArgs {
     /// Package name (compare with what was applied), or a package
     /// directory/archive (compare with that package).
     package: String,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +117,8 @@ pub(crate) struct VerifyArgs {
     /// Package name (compare with what was applied), or a package
     /// directory/archive (compare with that package).
     package: Option<String>,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
@@ -130,10 +134,14 @@ pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
         PkgCommand::Remove(a) => remove_cmd(ctx, &a),
         PkgCommand::List(_) => list_cmd(ctx),
         PkgCommand::Status(a) => status_cmd(ctx, &a, false),
-        PkgCommand::Verify(VerifyArgs { package: Some(p) }) => {
-            status_cmd(ctx, &NameArgs { package: p }, true)
-        }
-        PkgCommand::Verify(VerifyArgs { package: None }) => verify_all(ctx),
+        PkgCommand::Verify(VerifyArgs {
+            package: Some(p),
+            state,
+        }) => status_cmd(ctx, &NameArgs { package: p, state }, true),
+        PkgCommand::Verify(VerifyArgs {
+            package: None,
+            state,
+        }) => verify_all(ctx, &state),
         PkgCommand::History(a) => history_cmd(ctx, &a),
     }
 }
@@ -974,9 +982,10 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
         }
         _ => diffs = drift(&client, &name, &mgmt, verify)?,
     }
+    let notes = check_files(ctx, &client, &a.state, &name, &mut diffs)?;
     if ctx.json {
         print_json(
-            &json!({"package": name, "clean": diffs.is_empty(), "differences": diffs, "calls": counts.to_json()}),
+            &json!({"package": name, "clean": diffs.is_empty(), "differences": diffs, "notes": notes, "calls": counts.to_json()}),
         )?;
     } else if diffs.is_empty() {
         println!(
@@ -997,6 +1006,29 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
     } else {
         Status::Success
     })
+}
+
+/// The package's files in its running qubes (see `pkgfiles::check`):
+/// differences appended to `diffs`; returns the notes (printed on stderr
+/// unless `--json`).
+fn check_files(
+    ctx: &Ctx,
+    client: &Client,
+    state: &StateArgs,
+    name: &str,
+    diffs: &mut Vec<serde_json::Value>,
+) -> Result<Vec<String>> {
+    let Ok(dir) = state_dir(state) else {
+        return Ok(Vec::new());
+    };
+    let (d, notes) = pkgfiles::check(ctx, client, &dir, name)?;
+    diffs.extend(d);
+    if !ctx.json {
+        for n in &notes {
+            note(ctx, n);
+        }
+    }
+    Ok(notes)
 }
 
 /// Differences between a package's qubes and what was applied to them.
@@ -1063,7 +1095,7 @@ fn drift(client: &Client, name: &str, mgmt: &str, verify: bool) -> Result<Vec<se
 
 /// `qpm verify` without a package: every installed package against what
 /// was applied.
-fn verify_all(ctx: &Ctx) -> Result<Status> {
+fn verify_all(ctx: &Ctx, state: &StateArgs) -> Result<Status> {
     let mgmt = connect::mgmt_name(ctx)?;
     let (client, counts) = connect::admin_counted(ctx)?;
     let mut actual = Actual::list(&client)?;
@@ -1077,7 +1109,8 @@ fn verify_all(ctx: &Ctx) -> Result<Status> {
     let mut out = Vec::new();
     let mut clean = true;
     for p in actual.packages(&mgmt).keys() {
-        let d = drift(&client, p, &mgmt, true)?;
+        let mut d = drift(&client, p, &mgmt, true)?;
+        check_files(ctx, &client, state, p, &mut d)?;
         clean &= d.is_empty();
         if !ctx.json {
             if d.is_empty() {

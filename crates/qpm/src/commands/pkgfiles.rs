@@ -455,3 +455,92 @@ pub(crate) fn forget(state: &Path, package: &str) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// `qpm status` / `qpm verify`: asks each running qube this management
+/// qube delivered files to which of them are no longer as delivered (one
+/// check call per qube; a halted qube is not started for it). Returns the
+/// differences and notes (qubes not checked).
+pub(crate) fn check(
+    ctx: &Ctx,
+    client: &Client,
+    state: &Path,
+    package: &str,
+) -> Result<(Vec<serde_json::Value>, Vec<String>)> {
+    let record = load_record(&record_file(state, package));
+    let mut diffs = Vec::new();
+    let mut notes = Vec::new();
+    if record.qubes.is_empty() {
+        return Ok((diffs, notes));
+    }
+    let running: BTreeSet<String> = client
+        .list_qubes()?
+        .into_iter()
+        .filter(|q| q.state == "Running")
+        .map(|q| q.name)
+        .collect();
+    for (qube, rec) in &record.qubes {
+        if !running.contains(qube) {
+            notes.push(format!(
+                "{qube}: files not checked: the qube is halted (a check would start it)"
+            ));
+            continue;
+        }
+        let mut entries = Vec::new();
+        let mut shown = Vec::new();
+        for (k, v) in &rec.files {
+            let Some(e) = entry_of(k, v) else { continue };
+            entries.push(e);
+            shown.push(k.clone());
+        }
+        let m = Manifest {
+            kind: Kind::Check,
+            source: set_name(package),
+            entries,
+        };
+        let mut call = connect(ctx, qube)?;
+        let stdin = call.stdin.take().context("no stdin")?;
+        let res = sender::check(qube, &m, stdin, &mut call.stdout);
+        call.finish();
+        match res {
+            Ok(idx) => {
+                for i in idx {
+                    let Some(p) = shown.get(i as usize) else {
+                        continue;
+                    };
+                    let p = qpm_sync::diff::escape_line(p);
+                    diffs.push(json!({"qube": qube, "key": format!("file:{p}"), "difference": format!("{qube}: file {p} is not as the package delivered it (edited, removed, or its delivery still waits for review)")}));
+                }
+            }
+            Err(e) => notes.push(format!("{qube}: files not checked: {e}")),
+        }
+    }
+    Ok((diffs, notes))
+}
+
+/// A check entry from a record line (`~/x` or `/x`, `HASH MODE`).
+fn entry_of(k: &str, v: &str) -> Option<qpm_sync::proto::Entry> {
+    let (tree, p) = match k.strip_prefix("~/") {
+        Some(p) => (Tree::Home, p),
+        None => (Tree::System, k.strip_prefix('/')?),
+    };
+    let (h, mode) = v.split_once(' ')?;
+    let mut hash = [0u8; 32];
+    if h.len() != 64 {
+        return None;
+    }
+    for (i, b) in hash.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(qpm_sync::proto::Entry {
+        tree,
+        flags: 0,
+        mode: u16::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| m & !0o777 == 0)?,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        hash,
+        path: RelPath::new(p).ok()?,
+    })
+}

@@ -252,3 +252,63 @@ fn crash_after_the_push_converges() {
     let v = env.json(&["install", &v1], 0);
     assert_eq!((calls(&v).1, &v["files"]["pushes"]), (0, &0.into()), "{v}");
 }
+
+/// `qpm status` / `qpm verify` ask running qubes whether the files the
+/// package delivered are still as delivered; halted qubes are not started.
+#[test]
+fn status_and_verify_report_edited_files_in_running_qubes() {
+    let env = Env::new();
+    auto_apply(&env);
+    env.json(&["install", &example("split-browser", "1.0.0")], 0);
+    let v = env.json(&["verify", "split-browser"], 0);
+    assert_eq!(v["clean"], true, "{v}");
+    let notes = v["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("sb-persist: files not checked: the qube is halted")),
+        "{v}"
+    );
+    assert_eq!(
+        env.client("dom0").qube("sb-persist").unwrap().state,
+        "Halted"
+    );
+
+    let out = env
+        .sim
+        .sim()
+        .args(["restart", "sb-persist"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = env.json(&["verify", "split-browser"], 0);
+    assert_eq!(v["clean"], true, "{v}");
+    assert_eq!(v["notes"].as_array().unwrap().len(), 0, "{v}");
+
+    std::fs::write(path_in(&env, "sb-persist", BOOKMARKS), "edited\n").unwrap();
+    std::fs::remove_file(path_in(&env, "sb-persist", CONF)).unwrap();
+    let v = env.json(&["verify", "split-browser"], 1);
+    let keys: Vec<&str> = v["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "file:~/.config/split-browser/split-browser.conf",
+            "file:~/.local/share/split-browser/bookmarks.tsv"
+        ],
+        "{v}"
+    );
+    let v = env.json(&["status", "split-browser"], 0);
+    assert_eq!(v["differences"].as_array().unwrap().len(), 2, "{v}");
+    let v = env.json(&["verify"], 1);
+    assert_eq!(v["clean"], false, "{v}");
+}
