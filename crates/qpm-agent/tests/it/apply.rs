@@ -309,7 +309,7 @@ fn check_names_the_set_files_not_in_place() {
     assert_eq!(o.code, Code::Applied, "{o:?}");
     // "c" is also pushed by the caller's plain set: no longer the set's.
     q.push(&[("c", b"3")]);
-    let check = |m: &qpm_sync::proto::Manifest| {
+    let check = |m: &proto::Manifest| {
         let mut c = m.clone();
         c.kind = Kind::Check;
         let mut bytes = Vec::new();
