@@ -333,7 +333,8 @@ impl FilesPlan {
                     tracing::warn!("shutting {} down after its push: {e}", t.qube);
                 }
             }
-            if !ctx.json && !ctx.quiet {
+            // Failures always reach stderr; the rest unless --json/--quiet.
+            if !good || (!ctx.json && !ctx.quiet) {
                 eprintln!("{said}");
             }
             rows.push(row);
