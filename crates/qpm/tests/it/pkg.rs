@@ -51,6 +51,7 @@ impl Env {
         let mut c = self.sim.qpm(None);
         c.env("QPM_STATE_DIR", self.state.path())
             .env_remove("QPM_TEST_CRASH_AFTER")
+            .env_remove("QPM_TEST_CRASH_AFTER_PUSH")
             .env_remove("QPM_MGMT");
         c
     }
@@ -539,8 +540,9 @@ fn a_second_run_waits_for_the_lock() {
     env.json(&["plan", &example("dangerzone", "1.0.0")], 0);
 }
 
-/// Kills `qpm ARGS` after its N-th mutating call, for every N, re-runs it
-/// and compares the end state with an uninterrupted run. The crash points
+/// Kills `qpm ARGS` after its N-th mutating call, for every N, and after
+/// each push of the package's files, re-runs it and compares the end state
+/// with an uninterrupted run. The crash points
 /// run on several threads (each with its own simulator; the work is mostly
 /// waiting for processes). `QPM_CRASH_STRIDE=K` tries only every K-th call
 /// (and the last), for a quick run; the default is every call.
@@ -558,8 +560,13 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
         .and_then(|s| s.parse().ok())
         .filter(|k| *k > 0)
         .unwrap_or(1);
-    let points: Vec<u64> = (1..=total)
+    // Crash points: after each mutating Admin API call, then after each
+    // `qpm.SyncConfig` push of the package's files (not an Admin API call).
+    let pushes = v["files"]["pushes"].as_u64().unwrap_or(0);
+    let points: Vec<(&str, u64)> = (1..=total)
         .filter(|n| n % stride == 0 || *n == 1 || *n == total)
+        .map(|n| ("QPM_TEST_CRASH_AFTER", n))
+        .chain((1..=pushes).map(|n| ("QPM_TEST_CRASH_AFTER_PUSH", n)))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = 4;
@@ -567,10 +574,10 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    while let Some(&n) =
+                    while let Some(&(var, n)) =
                         points.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
                     {
-                        crash_at(setup, args, n, &want);
+                        crash_at(setup, args, var, n, &want);
                     }
                 })
             })
@@ -584,7 +591,7 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
 }
 
 /// One crash point of [`crash_after_every_call`].
-fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value>) {
+fn crash_at(setup: &[&str], args: &[&str], var: &str, n: u64, want: &BTreeMap<String, Value>) {
     let env = Env::new();
     if !setup.is_empty() {
         env.json(setup, 0);
@@ -592,15 +599,12 @@ fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value
     let out = env
         .cmd()
         .args(args)
-        .env("QPM_TEST_CRASH_AFTER", n.to_string())
+        .env(var, n.to_string())
         .output()
         .unwrap();
-    assert!(
-        !out.status.success(),
-        "{args:?} did not crash after write {n}"
-    );
+    assert!(!out.status.success(), "{args:?} did not crash ({var}={n})");
     let v = env.json(args, 0);
-    assert_ne!(v["result"], "failed", "after a crash at {n}: {v}");
+    assert_ne!(v["result"], "failed", "after a crash ({var}={n}): {v}");
     let got = env.dump();
     let keys: std::collections::BTreeSet<&String> = want.keys().chain(got.keys()).collect();
     let diff: Vec<String> = keys
@@ -610,12 +614,12 @@ fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value
         .collect();
     assert!(
         diff.is_empty(),
-        "{args:?}: end state differs after a crash at write {n}:\n{}",
+        "{args:?}: end state differs after a crash ({var}={n}):\n{}",
         diff.join("\n")
     );
     if args[0] != "remove" {
         let again = env.json(args, 0);
-        assert_eq!(calls(&again).1, 0, "crash at {n}: not converged");
+        assert_eq!(calls(&again).1, 0, "crash ({var}={n}): not converged");
     }
 }
 
