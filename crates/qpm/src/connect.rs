@@ -240,11 +240,11 @@ fn bootstrap_dom0(dir: &Path, fresh: bool) -> Result<()> {
         .or_else(|| on_path("qpm-dom0"))
     else {
         tracing::warn!("qpm-dom0 not found: the simulated dom0 has no policy gatekeeper");
-        return Ok(());
+        return install_agent(dir);
     };
     let mgmt = sim_caller(dir);
     if mgmt == "dom0" {
-        return Ok(());
+        return install_agent(dir);
     }
     let out = Command::new(&bin)
         .arg("--sim")
