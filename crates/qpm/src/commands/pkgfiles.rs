@@ -155,7 +155,16 @@ pub(crate) fn plan(dir: &Path, m: &PkgManifest, state: &Path) -> Result<FilesPla
             .with_context(|| format!("reading the files of `{q}`"))?;
         manifest.kind = Kind::SyncSet;
         manifest.source = set_name(&m.name);
-        let old = record.qubes.get(q);
+        // A qube renamed by this version carries its files over with its
+        // private volume: compare with what its old name was given.
+        let renamed_from = || {
+            m.renamed
+                .iter()
+                .find(|(_, new)| new.as_str() == q)
+                .and_then(|(old, _)| record.qubes.get(old))
+        };
+        let same = record.qubes.get(q);
+        let old = same.or_else(renamed_from);
         let mut changes = Vec::new();
         let mut listed = BTreeSet::new();
         for e in &manifest.entries {
@@ -177,14 +186,14 @@ pub(crate) fn plan(dir: &Path, m: &PkgManifest, state: &Path) -> Result<FilesPla
                 changes.push(("deleted", qpm_sync::diff::escape_line(k)));
             }
         }
-        let skip = old.is_some_and(|o| o.id == manifest.id());
+        let skip = same.is_some_and(|o| o.id == manifest.id());
         targets.push(Target {
             qube: q.to_owned(),
             items,
             manifest,
             changes,
             skip,
-            queued: skip && old.is_some_and(|o| o.queued),
+            queued: skip && same.is_some_and(|o| o.queued),
         });
     }
     Ok(FilesPlan {

@@ -147,6 +147,27 @@ fn install_delivers_reapply_pushes_nothing_upgrade_changes_and_deletes() {
 
     // upgrade: sb-persist becomes sb-vault (its data moves), the bookmarks
     // change, split-browser.conf goes; the user's own file stays.
+    let v = env.json(&["plan", "--shutdown", &v2], 0);
+    let planned: Vec<String> = files_row(&v, "sb-vault")["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["change"].as_str().unwrap(),
+                c["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            "modified ~/.local/share/split-browser/bookmarks.tsv",
+            "deleted ~/.config/split-browser/split-browser.conf"
+        ],
+        "{v}"
+    );
     let v = env.json(&["upgrade", "--shutdown", &v2], 0);
     assert_eq!(v["result"], "ok", "{v}");
     let row = files_row(&v, "sb-vault");
