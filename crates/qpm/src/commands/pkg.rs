@@ -456,6 +456,14 @@ fn show_and_run(
         if status == Status::Success {
             // After the qubes exist and the policy is in place.
             let (ok, v) = f.plan.deliver(ctx, client, &f.mgmt, &f.running)?;
+            if !ctx.json && !ctx.quiet && v["pushes"].as_u64().is_some_and(|n| n > 0) {
+                eprintln!(
+                    "files: {} push(es); {} reads, {} writes in all",
+                    v["pushes"],
+                    counts.reads(),
+                    counts.writes()
+                );
+            }
             extra["files"] = v;
             if !ok {
                 status = Status::Error;

@@ -416,7 +416,7 @@ fn describe(qube: &str, o: &Outcome) -> String {
         ),
         Code::Unchanged => format!("files: {qube}: already in place"),
         Code::Queued => format!(
-            "files: {qube}: queued for review in the qube ({counts}): run `qpm-agent review` in {qube} to apply"
+            "files: {qube}: queued for review in the qube, as its agent's configuration says ({counts}); the files arrive when its user runs `qpm-agent review` in {qube}"
         ),
         Code::Declined => format!("error: files: {qube}: declined by the qube's user"),
         _ => format!("error: files: {qube}: {} ({:?})", o.message, o.code),
