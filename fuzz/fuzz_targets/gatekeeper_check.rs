@@ -50,9 +50,12 @@ fn build(setup: &[u8]) -> (Sys, Config) {
             d = d.with_tag("created-by-dom0");
         }
         system.insert(d);
-        // The oracle's own notion of ownership: both tags, and nothing else
-        // claiming the qube (a foreign package tag or a dom0 creation tag).
-        if bits & 0b10_1011 == 0b11 {
+        // The oracle's own notion of ownership (docs/gatekeeper.md): the
+        // management qube's creation tag and this package's tag, and no other
+        // package's tag. Another `created-by-` tag does not matter: a qube
+        // created in dom0 carries `created-by-dom0`, and `qpm-dom0 adopt`
+        // adds `created-by-mgmt` next to it, which is how dom0 hands it over.
+        if bits & 0b1011 == 0b11 {
             owned.push((name.to_owned(), Some(uuid), dvm));
         }
     }
