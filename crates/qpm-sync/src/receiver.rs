@@ -1849,10 +1849,14 @@ pub fn set_owner(m: &Manifest, caller: &str) -> String {
 }
 
 /// Where a state directory lives by default: `$XDG_STATE_HOME/qpm-agent`,
-/// `~/.local/state/qpm-agent`, or `/var/lib/qpm-agent` for root.
+/// `~/.local/state/qpm-agent`, or `/rw/qpm-agent` for root. Root's state
+/// is on the private volume itself: `/var/lib` comes from the template and
+/// is reset when an AppVM restarts, and `/rw` stays persistent whatever
+/// `custom-persist` lists (the applied records, backups and journal must
+/// outlive a restart, or a restart would forget which files qpm put there).
 pub fn default_state_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/qpm-agent");
+        return PathBuf::from("/rw/qpm-agent");
     }
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
         return Path::new(&x).join("qpm-agent");

@@ -529,6 +529,48 @@ fn bad_input_is_refused_before_any_call() {
     );
 }
 
+/// A qube created in dom0 is invisible to the management qube, so the plan
+/// cannot see the collision; the create call finds it, and the run stops
+/// there with an error that names the qube and the ways out, without
+/// touching the foreign qube.
+#[test]
+fn a_collision_with_a_qube_outside_the_scope_stops_at_its_creation() {
+    let env = Env::new();
+    let dom0 = env.client("dom0");
+    dom0.create("AppVM", "bad-hidden", "red", Some("debian-13-xfce"))
+        .unwrap();
+    let mgmt = env.client("mgmt");
+    assert!(
+        !mgmt
+            .list_qubes()
+            .unwrap()
+            .iter()
+            .any(|q| q.name == "bad-hidden"),
+        "the qube must be outside the management qube's view for this test"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(
+        &tmp.path().join("bad"),
+        "[package]\nname = \"bad\"\nversion = \"1.0.0\"\nsummary = \"s\"\n\
+         [qubes.bad-hidden]\nclass = \"AppVM\"\ntemplate = \"debian-13-xfce\"\nlabel = \"blue\"\n",
+        None,
+    );
+    let out = env.run(&["install", &pkg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("name collision"), "{err}");
+    assert!(
+        err.contains("qpm-dom0 adopt bad-hidden --package bad"),
+        "{err}"
+    );
+    let tags = dom0.tags("bad-hidden").unwrap();
+    assert!(!tags.iter().any(|t| t.starts_with("qpm-pkg-")), "{tags:?}");
+    assert_eq!(
+        dom0.property(Some("bad-hidden"), "label").unwrap().value,
+        "red"
+    );
+}
+
 #[test]
 fn a_second_run_waits_for_the_lock() {
     let env = Env::new();
