@@ -619,8 +619,8 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
     let files = if pd.manifest.files.is_empty() && !changes {
         None
     } else {
-        let state = state_dir(&a.state).unwrap_or_default();
-        let plan = pkgfiles::plan(pd.path(), m, &state)?;
+        let state = state_dir(&a.state).ok();
+        let plan = pkgfiles::plan(pd.path(), m, state.as_deref())?;
         let running = actual
             .listed
             .values()

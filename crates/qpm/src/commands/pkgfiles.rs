@@ -74,7 +74,8 @@ pub(crate) struct FilesPlan {
     package: String,
     repo: Option<Repo>,
     targets: Vec<Target>,
-    record_file: PathBuf,
+    /// None: no state directory (a dry run without one).
+    record_file: Option<PathBuf>,
     record: Record,
 }
 
@@ -112,9 +113,9 @@ fn destination(path: &str) -> Result<(Tree, RelPath)> {
 
 /// Plans the deliveries of `m` (package directory `dir`); `state` is the
 /// state directory whose record says what was delivered before.
-pub(crate) fn plan(dir: &Path, m: &PkgManifest, state: &Path) -> Result<FilesPlan> {
-    let record_file = record_file(state, &m.name);
-    let record = load_record(&record_file);
+pub(crate) fn plan(dir: &Path, m: &PkgManifest, state: Option<&Path>) -> Result<FilesPlan> {
+    let record_file = state.map(|s| record_file(s, &m.name));
+    let record = record_file.as_deref().map(load_record).unwrap_or_default();
     let mut by_qube: BTreeMap<&str, Vec<Item>> = BTreeMap::new();
     for f in &m.files {
         let (tree, dest) = destination(&f.path)?;
@@ -356,24 +357,24 @@ impl FilesPlan {
     }
 
     fn save(&self) -> Result<()> {
-        let dir = self
+        let file = self
             .record_file
-            .parent()
-            .context("record file without a directory")?;
+            .as_deref()
+            .context("no state directory to record the deliveries in")?;
+        let dir = file.parent().context("record file without a directory")?;
         if self.record.qubes.is_empty() {
-            return match std::fs::remove_file(&self.record_file) {
+            return match std::fs::remove_file(file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("removing {}", self.record_file.display()))
+                    Err(e).with_context(|| format!("removing {}", file.display()))
                 }
                 _ => Ok(()),
             };
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.record_file.with_extension("json.tmp");
+        let tmp = file.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&self.record)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.record_file)
-            .with_context(|| format!("writing {}", self.record_file.display()))
+        std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))
     }
 }
 
