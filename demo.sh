@@ -24,5 +24,6 @@ echo "==> qpm list" >&2
 qpm list
 echo "==> qpm verify" >&2
 qpm verify
-echo "==> done. Try: qpm plan examples/securedrop-ws/2.0.0, qpm upgrade ..., qpm remove securedrop-ws" >&2
+app=$(basename "$(dirname "$pkg")")
+echo "==> done. Try: qpm plan examples/$app/2.0.0, qpm upgrade ..., qpm remove $app" >&2
 echo "    (with QPM_SIM=$QPM_SIM QPM_STATE_DIR=$QPM_STATE_DIR QPM_TRANSPORT=sim target/debug/qpm ...)" >&2

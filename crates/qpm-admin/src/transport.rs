@@ -259,6 +259,15 @@ fn map_status(out: ServiceOutput) -> Result<Vec<u8>, TransportError> {
     }
 }
 
+/// The qrexec service name of a call: `METHOD` or `METHOD+ARG`.
+fn service_name(method: &str, arg: &str) -> String {
+    if arg.is_empty() {
+        method.to_owned()
+    } else {
+        format!("{method}+{arg}")
+    }
+}
+
 impl Transport for QrexecClientVm {
     fn admin(
         &self,
@@ -267,11 +276,7 @@ impl Transport for QrexecClientVm {
         arg: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>, TransportError> {
-        let svc = if arg.is_empty() {
-            method.to_string()
-        } else {
-            format!("{method}+{arg}")
-        };
+        let svc = service_name(method, arg);
         let conn = child_conn(self.spawn(dest, &svc)?)?;
         map_status(run_service(conn, payload, MAX_REPLY_LEN)?)
     }
@@ -282,11 +287,7 @@ impl Transport for QrexecClientVm {
         method: &str,
         arg: &str,
     ) -> Result<Box<dyn Read + Send>, TransportError> {
-        let svc = if arg.is_empty() {
-            method.to_string()
-        } else {
-            format!("{method}+{arg}")
-        };
+        let svc = service_name(method, arg);
         let mut child = self.spawn(dest, &svc)?;
         drop(child.stdin.take());
         let out = child.stdout.take().ok_or_else(|| TransportError::Io {
@@ -555,11 +556,7 @@ impl Transport for Simulator {
         arg: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>, TransportError> {
-        let svc = if arg.is_empty() {
-            method.to_string()
-        } else {
-            format!("{method}+{arg}")
-        };
+        let svc = service_name(method, arg);
         map_status(run_service(self.open(dest, &svc)?, payload, MAX_REPLY_LEN)?)
     }
 
@@ -569,11 +566,7 @@ impl Transport for Simulator {
         method: &str,
         arg: &str,
     ) -> Result<Box<dyn Read + Send>, TransportError> {
-        let svc = if arg.is_empty() {
-            method.to_string()
-        } else {
-            format!("{method}+{arg}")
-        };
+        let svc = service_name(method, arg);
         let mut conn = self.open(dest, &svc)?;
         drop(conn.stdin.take());
         // the waiter (holding the router connection) lives as long as the

@@ -32,7 +32,7 @@ struct Common {
     #[arg(long, default_value = "/")]
     root: PathBuf,
     /// State directory (default: ~/.local/state/qpm-agent, or
-    /// /var/lib/qpm-agent as root).
+    /// /rw/qpm-agent as root, on the private volume).
     #[arg(long)]
     state: Option<PathBuf>,
     /// Configuration file (default: /etc/qpm-agent/config.toml if present).

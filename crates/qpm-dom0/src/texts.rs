@@ -42,7 +42,8 @@ const WRITE: &[&str] = &[
 
 /// The management qube's policy: create qubes; read and change only the
 /// qubes it created; read templates (and copy their root volume); submit
-/// package policies to the gatekeeper. Nothing else.
+/// package policies to the gatekeeper; push its packages' files
+/// (`qpm.SyncConfig`, as the user) into the qubes it created. Nothing else.
 pub(crate) fn base_policy(mgmt: &str) -> String {
     let mut s = format!(
         "# qpm: what the management qube `{mgmt}` may do. Written by `qpm-dom0 init`;\n\
@@ -58,6 +59,7 @@ pub(crate) fn base_policy(mgmt: &str) -> String {
         s += &format!("{m} * {mgmt} @type:TemplateVM allow target=dom0\n");
     }
     s += &format!("admin.vm.volume.CloneFrom +root {mgmt} @type:TemplateVM allow target=dom0\n");
+    s += &format!("qpm.SyncConfig * {mgmt} @tag:created-by-{mgmt} allow\n");
     for svc in SERVICES {
         s += &format!("{svc} * {mgmt} @adminvm allow\n");
     }

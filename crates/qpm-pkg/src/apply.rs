@@ -129,10 +129,23 @@ pub fn run_step(client: &Client, package: &str, step: &Step) -> Result<(), Error
             template,
             label,
         } => {
-            tolerate(
-                client.create(class, q, label, template.as_deref()),
-                &[ExceptionKind::VmAlreadyExists],
-            )?;
+            match client.create(class, q, label, template.as_deref()) {
+                Err(e) if e.is(ExceptionKind::VmAlreadyExists) => {
+                    // Our own creation before a crash is in scope; a qube this
+                    // management qube cannot see is someone else's.
+                    if client.tags(q).is_err_and(|e| e.is_denied()) {
+                        return Err(Error::Plan(format!(
+                            "name collision: a qube named `{q}` already exists outside this \
+                             management qube's scope (created elsewhere, so it could not be \
+                             seen when planning); rename the package's qube, or have dom0 hand \
+                             it over with `qpm-dom0 adopt {q} --package {package}`; the qubes \
+                             created so far are recorded: run the command again or \
+                             `qpm remove {package}`"
+                        )));
+                    }
+                }
+                r => r?,
+            }
         }
         Op::TagPackage { tag } | Op::AddTag { tag } => client.add_tag(q, tag)?,
         Op::RemoveTag { tag } => {

@@ -196,12 +196,14 @@ pub(crate) const POLICY_SERVICES: &[&str] = &[
 
 /// The base policy of a fresh simulator (file `30-qpm-sim-base.policy`):
 /// `mgmt` may create qubes and manage only the ones tagged
-/// `created-by-mgmt`, read templates, and use the policy admin services.
+/// `created-by-mgmt`, read templates, use the policy admin services, and
+/// push packages' files into its qubes (`qpm.SyncConfig`).
 pub fn base_policy_text() -> String {
     let mut out = String::from(
         "# Base policy of the simulated dom0 (qpm-sim).\n\
          # The management qube `mgmt` may create qubes, manage the qubes it\n\
-         # created (tag created-by-mgmt), read templates, and edit policy.\n\n",
+         # created (tag created-by-mgmt), read templates, edit policy, and\n\
+         # push packages' files into its qubes.\n\n",
     );
     for m in MGMT_GLOBAL_METHODS {
         out.push_str(&format!("{m} * mgmt @adminvm allow target=dom0\n"));
@@ -219,6 +221,8 @@ pub fn base_policy_text() -> String {
     out.push('\n');
     out.push_str("admin.Events * mgmt @tag:created-by-mgmt allow target=dom0\n");
     out.push_str("admin.Events * mgmt @type:TemplateVM allow target=dom0\n\n");
+    // packages' files, as `qpm-dom0 init` grants them
+    out.push_str("qpm.SyncConfig * mgmt @tag:created-by-mgmt allow\n\n");
     for s in POLICY_SERVICES {
         out.push_str(&format!("{s} * mgmt @adminvm allow\n"));
     }

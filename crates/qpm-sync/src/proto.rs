@@ -141,6 +141,23 @@ pub enum Kind {
     /// Send back the one file named by the single entry (size and hash
     /// zero), for `qpm sync capture`.
     Capture = 3,
+    /// Push the manifest's files as a named set: like [`Kind::Sync`], but
+    /// the source name field names the set (`pkg.NAME` for a package), and
+    /// the target keeps what each (caller, set) placed apart, so deletions
+    /// of one set never touch the files of another.
+    SyncSet = 4,
+    /// Which of the set's files are not in place: like [`Kind::SyncSet`]
+    /// (sizes may be zero), answered by one need-list frame naming the
+    /// entries whose file in the target is missing, differs or is not the
+    /// owner's; no data follows and nothing is written.
+    Check = 5,
+}
+
+impl Kind {
+    /// Whether the request pushes files (a sync, plain or of a set).
+    pub fn is_sync(self) -> bool {
+        matches!(self, Kind::Sync | Kind::SyncSet)
+    }
 }
 
 /// One file of a manifest.
@@ -346,6 +363,8 @@ impl Manifest {
             1 => Kind::Sync,
             2 => Kind::Status,
             3 => Kind::Capture,
+            4 => Kind::SyncSet,
+            5 => Kind::Check,
             k => return Err(inv("kind", &format!("unknown kind {k}"))),
         };
         let slen = usize::from(c.u8("source length")?);
@@ -368,6 +387,9 @@ impl Manifest {
                 limit: u64::from(MAX_FILES),
                 got: u64::from(count),
             });
+        }
+        if matches!(kind, Kind::SyncSet | Kind::Check) && source.is_empty() {
+            return Err(inv("source", "a set without a name"));
         }
         if kind == Kind::Status && count != 0 {
             return Err(inv("entry count", "status request with entries"));
@@ -746,6 +768,24 @@ mod tests {
         };
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         assert_eq!(m.id().len(), 32);
+    }
+
+    #[test]
+    fn named_set_roundtrip_and_needs_a_name() {
+        let mut m = Manifest {
+            kind: Kind::SyncSet,
+            source: "pkg.split-browser".into(),
+            entries: vec![entry("a")],
+        };
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert!(m.kind.is_sync() && Kind::Sync.is_sync() && !Kind::Status.is_sync());
+        m.source.clear();
+        assert!(Manifest::decode(&m.encode()).is_err());
+        m.kind = Kind::Sync;
+        assert!(
+            Manifest::decode(&m.encode()).is_ok(),
+            "a plain sync needs no name"
+        );
     }
 
     #[test]

@@ -577,7 +577,8 @@ impl Agent {
             };
             // Only a sync uses it: a status or capture call, or a bad
             // stream, does not wait for the whole pass.
-            if !matches!(&first, Some(Ok(m)) if m.kind == proto::Kind::Sync) {
+            if !matches!(&first, Some(Ok(m)) if matches!(m.kind, proto::Kind::Sync | proto::Kind::SyncSet))
+            {
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             (first, pre.and_then(|p| p.join().ok().flatten()))
@@ -603,6 +604,9 @@ impl Agent {
         let caller = self.opts.caller.clone().unwrap_or_else(|| "unknown".into());
         if manifest.kind == proto::Kind::Capture {
             return self.capture(&manifest, &caller, output);
+        }
+        if manifest.kind == proto::Kind::Check {
+            return self.check(&manifest, &caller, output);
         }
         match self.receive(&manifest, &caller, input, output, pre) {
             Ok(o) => {
@@ -671,6 +675,60 @@ impl Agent {
             conflicts: 0,
             message: "captured".into(),
         })
+    }
+
+    /// Answers a check of a set (`qpm status` / `qpm verify` of a
+    /// package's files): the indices of the entries whose file is not as
+    /// the set's owner last applied it and the manifest says. Only files
+    /// that owner placed are looked at (hashed when their stat changed);
+    /// nothing is written.
+    fn check(&self, m: &Manifest, caller: &str, output: &mut dyn Write) -> Result<Outcome> {
+        let mut out = Outcome {
+            code: Code::Unchanged,
+            written: 0,
+            deleted: 0,
+            conflicts: 0,
+            message: "check".into(),
+        };
+        if let Err(e) = self.check_entries(m, caller) {
+            self.log(&format!("check by {caller:?} refused: {e}"));
+            out.code = Code::Refused;
+            out.message = "refused; details in the target's agent log".into();
+            proto::write_frame(output, frame::RESULT, &out.encode())?;
+            return Ok(out);
+        }
+        let owner = set_owner(m, caller);
+        let applied = self.load_applied()?;
+        let mut dirs = Dirs::new(self);
+        let mut differ = Vec::new();
+        for (i, e) in m.entries.iter().enumerate() {
+            let want = hash_hex(&e.hash);
+            let rec = applied
+                .files
+                .get(&key(e.tree, e.path.as_str()))
+                .filter(|r| r.source == owner && r.hash == want && r.mode == u32::from(e.mode));
+            let ok = match rec {
+                None => false,
+                Some(r) => {
+                    let meta = dirs.stat(e.tree, &e.path)?;
+                    unchanged(meta.as_ref(), r)
+                        || (meta.is_some_and(|md| md.mode == r.mode)
+                            && self
+                                .hash_seen(e.tree, &e.path, meta, self.opts.config.max_file_size)
+                                .ok()
+                                .flatten()
+                                .as_deref()
+                                == Some(want.as_str()))
+                }
+            };
+            if !ok {
+                differ.push(u32::try_from(i).unwrap_or(u32::MAX));
+            }
+        }
+        out.conflicts = u32::try_from(differ.len()).unwrap_or(u32::MAX);
+        proto::write_frame(output, frame::NEED, &proto::encode_need(&differ))?;
+        output.flush()?;
+        Ok(out)
     }
 
     /// The current status.
@@ -793,6 +851,10 @@ impl Agent {
         pre: Option<(Applied, Dirs<'_>)>,
     ) -> Result<Outcome> {
         self.check_entries(m, caller)?;
+        // From here on, what this request owns: the caller's plain set or
+        // one of its named sets.
+        let owner = set_owner(m, caller);
+        let caller = owner.as_str();
         let (applied, mut dirs) = match pre {
             Some(p) => p,
             None => (self.load_applied()?, Dirs::new(self)),
@@ -1914,11 +1976,26 @@ impl Read for HashingReader<'_> {
     }
 }
 
+/// The owner recorded for the files of a sync: the caller for a plain
+/// sync, `CALLER:SET` for a sync (or a check) of a named set (qube names hold no `:`,
+/// so the two never collide).
+pub fn set_owner(m: &Manifest, caller: &str) -> String {
+    if matches!(m.kind, proto::Kind::SyncSet | proto::Kind::Check) {
+        format!("{caller}:{}", m.source)
+    } else {
+        caller.to_owned()
+    }
+}
+
 /// Where a state directory lives by default: `$XDG_STATE_HOME/qpm-agent`,
-/// `~/.local/state/qpm-agent`, or `/var/lib/qpm-agent` for root.
+/// `~/.local/state/qpm-agent`, or `/rw/qpm-agent` for root. Root's state
+/// is on the private volume itself: `/var/lib` comes from the template and
+/// is reset when an AppVM restarts, and `/rw` stays persistent whatever
+/// `custom-persist` lists (the applied records, backups and journal must
+/// outlive a restart, or a restart would forget which files qpm put there).
 pub fn default_state_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/qpm-agent");
+        return PathBuf::from("/rw/qpm-agent");
     }
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
         return Path::new(&x).join("qpm-agent");

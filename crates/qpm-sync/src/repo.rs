@@ -225,6 +225,16 @@ impl Repo {
         })
     }
 
+    /// A directory of files to push without a map (a package's files,
+    /// whose items the caller builds itself).
+    pub fn from_dir(path: &Path) -> Result<Self> {
+        Ok(Self {
+            root: Root::open(path)?,
+            path: path.to_owned(),
+            mappings: Vec::new(),
+        })
+    }
+
     /// The repository's root handle.
     pub fn root(&self) -> &Root {
         &self.root

@@ -448,6 +448,28 @@ pub fn status<W: Write>(
     proto::Status::decode(&b).map_err(perr)
 }
 
+/// Asks a target which entries of a set are not in place (a manifest of
+/// kind [`Kind::Check`]): their indices, from its need-list answer.
+pub fn check<W: Write>(qube: &str, m: &Manifest, mut w: W, r: &mut dyn Read) -> Result<Vec<u32>> {
+    let perr = |e: proto::ProtoError| SendError::Proto {
+        qube: qube.into(),
+        source: e,
+    };
+    proto::write_frame(&mut w, frame::MANIFEST, &m.encode()).map_err(perr)?;
+    drop(w);
+    let (t, len) = proto::read_header(r)
+        .map_err(perr)?
+        .ok_or_else(|| perr(proto::ProtoError::Truncated { what: "reply" }))?;
+    if t != frame::NEED {
+        return Err(SendError::Limit {
+            qube: qube.into(),
+            message: "the target refused the check (an agent without checks, or a path it does not allow)".into(),
+        });
+    }
+    let b = proto::read_payload(r, len, "need list", proto::MAX_REPLY_BYTES).map_err(perr)?;
+    proto::decode_need(&b, m.entries.len() as u32).map_err(perr)
+}
+
 /// Fetches one file from a target (`qpm sync capture`).
 pub fn capture<W: Write>(
     qube: &str,

@@ -240,11 +240,11 @@ fn bootstrap_dom0(dir: &Path, fresh: bool) -> Result<()> {
         .or_else(|| on_path("qpm-dom0"))
     else {
         tracing::warn!("qpm-dom0 not found: the simulated dom0 has no policy gatekeeper");
-        return Ok(());
+        return install_agent(dir);
     };
     let mgmt = sim_caller(dir);
     if mgmt == "dom0" {
-        return Ok(());
+        return install_agent(dir);
     }
     let out = Command::new(&bin)
         .arg("--sim")
@@ -259,6 +259,72 @@ fn bootstrap_dom0(dir: &Path, fresh: bool) -> Result<()> {
         );
     }
     tracing::info!("set up the simulated dom0 with `qpm-dom0 init --mgmt {mgmt}`");
+    install_agent(dir)
+}
+
+/// The `qpm.SyncConfig` service of a simulated qube: `qpm-agent` on the
+/// qube's root, configured by the qube's own `/rw/config/qpm-agent.toml`
+/// or its template's `/etc/qpm-agent/config.toml` (defaults otherwise:
+/// home files, applied only after `qpm-agent review`). Simulated qubes
+/// have no display.
+fn agent_service(agent: &Path) -> String {
+    format!(
+        "#!/bin/sh\n\
+         unset DISPLAY\n\
+         for c in \"$QPM_SIM_ROOT/rw/config/qpm-agent.toml\" \"$QPM_SIM_ROOT/etc/qpm-agent/config.toml\"; do\n\
+         \x20 if [ -f \"$c\" ]; then set -- --config \"$c\"; break; fi\n\
+         done\n\
+         exec '{}' serve --root \"$QPM_SIM_ROOT\" --state \"$QPM_SIM_ROOT/home/user/.local/state/qpm-agent\" \"$@\"\n",
+        agent.display()
+    )
+}
+
+/// A fresh simulated dom0's templates get `qpm-agent` (next to `qpm-sim`
+/// or on `PATH`) as their `qpm.SyncConfig` service, as installing the
+/// agent's package in a template does on Qubes: packages' `[[files]]`
+/// reach the qubes based on them.
+fn install_agent(dir: &Path) -> Result<()> {
+    let sim = sim_binary()?;
+    let next_to_sim = sim.with_file_name("qpm-agent");
+    let Some(agent) = next_to_sim
+        .is_file()
+        .then_some(next_to_sim)
+        .or_else(|| on_path("qpm-agent"))
+    else {
+        tracing::warn!("qpm-agent not found: simulated qubes cannot receive files");
+        return Ok(());
+    };
+    if agent.to_string_lossy().contains('\'') {
+        bail!(
+            "the path of qpm-agent contains a quote: {}",
+            agent.display()
+        );
+    }
+    let wrapper = dir.join("bin/qpm-agent-service");
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::write(&wrapper, agent_service(&agent))
+        .with_context(|| format!("writing {}", wrapper.display()))?;
+    let admin = Client::new(Simulator::new(router_socket(dir), "dom0"));
+    for q in admin.list_qubes()? {
+        if q.class != "TemplateVM" {
+            continue;
+        }
+        let out = Command::new(&sim)
+            .arg("--sim")
+            .arg(dir)
+            .args(["install-service", &q.name, "qpm.SyncConfig"])
+            .arg(&wrapper)
+            .output()
+            .with_context(|| format!("running {}", sim.display()))?;
+        if !out.status.success() {
+            bail!(
+                "installing qpm-agent in {}: {}",
+                q.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    tracing::info!("installed qpm-agent as qpm.SyncConfig in the simulated templates");
     Ok(())
 }
 

@@ -304,3 +304,79 @@ fn many_files_push() {
     let m = manifest(&files);
     assert_eq!(m.entries.len(), 300);
 }
+
+/// A named set (a package's files) and the caller's plain set are kept
+/// apart: each push lists only its own files, and neither deletes the
+/// other's.
+#[test]
+fn named_sets_do_not_delete_each_other() {
+    let q = Qube::auto();
+    let set = |files: &[(&str, &[u8])]| {
+        let mut m = manifest(files);
+        m.kind = qpm_sync::proto::Kind::SyncSet;
+        m.source = "pkg.demo".into();
+        q.push_entries(&m, files)
+    };
+    let (_, o, _) = q.push(&[(".gitconfig", b"mine\n")]);
+    assert_eq!(o.code, Code::Applied, "{o:?}");
+    let (_, o, _) = set(&[("bookmarks", b"b1\n"), ("old", b"o\n")]);
+    assert_eq!(
+        (o.code, o.written, o.deleted),
+        (Code::Applied, 2, 0),
+        "{o:?}"
+    );
+    assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
+    // The plain set again, without the set's files: nothing deleted.
+    let (_, o, _) = q.push(&[(".gitconfig", b"mine\n")]);
+    assert_eq!(o.code, Code::Unchanged, "{o:?}");
+    assert_eq!(q.read_home("bookmarks").unwrap(), b"b1\n");
+    // The set drops a file: only that one goes.
+    let (_, o, _) = set(&[("bookmarks", b"b2\n")]);
+    assert_eq!(
+        (o.code, o.written, o.deleted),
+        (Code::Applied, 1, 1),
+        "{o:?}"
+    );
+    assert_eq!(q.read_home("old"), None);
+    assert_eq!(q.read_home("bookmarks").unwrap(), b"b2\n");
+    assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
+    // The set empty: its files go, the plain set's stay.
+    let (_, o, _) = set(&[]);
+    assert_eq!((o.code, o.deleted), (Code::Applied, 1), "{o:?}");
+    assert_eq!(q.read_home("bookmarks"), None);
+    assert_eq!(q.read_home(".gitconfig").unwrap(), b"mine\n");
+}
+
+/// A check of a set names the entries not in place: edited, removed, or
+/// never placed by that set; it writes nothing.
+#[test]
+fn check_names_the_set_files_not_in_place() {
+    use qpm_sync::proto::{self, Kind, frame};
+    let q = Qube::auto();
+    let files: &[(&str, &[u8])] = &[("a", b"1"), ("b", b"2"), ("c", b"3")];
+    let mut m = manifest(files);
+    m.kind = Kind::SyncSet;
+    m.source = "pkg.demo".into();
+    let (_, o, _) = q.push_entries(&m, files);
+    assert_eq!(o.code, Code::Applied, "{o:?}");
+    // "c" is also pushed by the caller's plain set: no longer the set's.
+    q.push(&[("c", b"3")]);
+    let check = |m: &proto::Manifest| {
+        let mut c = m.clone();
+        c.kind = Kind::Check;
+        let mut bytes = Vec::new();
+        proto::write_frame(&mut bytes, frame::MANIFEST, &c.encode()).unwrap();
+        let (code, out) = q.raw(&bytes);
+        assert_eq!(code, 0);
+        let mut r: &[u8] = &out;
+        let b = proto::read_frame(&mut r, frame::NEED, "need", 1 << 20).unwrap();
+        proto::decode_need(&b, 3).unwrap()
+    };
+    assert_eq!(check(&m), [2]);
+    std::fs::write(q.home.join("a"), b"edited").unwrap();
+    std::fs::remove_file(q.home.join("b")).unwrap();
+    let before = std::fs::read_dir(&q.state).unwrap().count();
+    assert_eq!(check(&m), [0, 1, 2]);
+    assert_eq!(q.read_home("a").unwrap(), b"edited");
+    assert_eq!(std::fs::read_dir(&q.state).unwrap().count(), before);
+}

@@ -7,6 +7,7 @@ use crate::ctx::{Ctx, Status};
 
 pub(crate) mod generate;
 pub(crate) mod pkg;
+pub(crate) mod pkgfiles;
 pub(crate) mod policy;
 pub(crate) mod repo;
 pub(crate) mod sim;

@@ -17,6 +17,7 @@ use qpm_pkg::record::RECORD_FEATURE;
 use qpm_pkg::state::{Actual, Read, created_by_tag, package_tag};
 use serde_json::json;
 
+use crate::commands::pkgfiles::{self, FilesPlan};
 use crate::connect;
 use crate::ctx::{Ctx, Status};
 
@@ -107,6 +108,8 @@ pub(crate) struct NameArgs {
     /// Package name (compare with what was applied), or a package
     /// directory/archive (compare with that package).
     package: String,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +117,8 @@ pub(crate) struct VerifyArgs {
     /// Package name (compare with what was applied), or a package
     /// directory/archive (compare with that package).
     package: Option<String>,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
@@ -129,10 +134,14 @@ pub(crate) fn run(cmd: PkgCommand, ctx: &Ctx) -> Result<Status> {
         PkgCommand::Remove(a) => remove_cmd(ctx, &a),
         PkgCommand::List(_) => list_cmd(ctx),
         PkgCommand::Status(a) => status_cmd(ctx, &a, false),
-        PkgCommand::Verify(VerifyArgs { package: Some(p) }) => {
-            status_cmd(ctx, &NameArgs { package: p }, true)
-        }
-        PkgCommand::Verify(VerifyArgs { package: None }) => verify_all(ctx),
+        PkgCommand::Verify(VerifyArgs {
+            package: Some(p),
+            state,
+        }) => status_cmd(ctx, &NameArgs { package: p, state }, true),
+        PkgCommand::Verify(VerifyArgs {
+            package: None,
+            state,
+        }) => verify_all(ctx, &state),
         PkgCommand::History(a) => history_cmd(ctx, &a),
     }
 }
@@ -407,6 +416,15 @@ impl Observer for Progress {
     }
 }
 
+/// The file deliveries of an install/upgrade, with what they need.
+struct FilesRun {
+    plan: FilesPlan,
+    mgmt: String,
+    /// Qubes running before the run (the others are shut down again after
+    /// their push).
+    running: BTreeSet<String>,
+}
+
 /// Runs a plan under the journal; returns (status, json summary).
 /// Prints the plan; without a state directory (a dry run) stops there,
 /// otherwise runs it. The `--json` summary either way.
@@ -417,19 +435,45 @@ fn show_and_run(
     sd: Option<&StateDir>,
     plan: &Plan,
     journal: Option<Journal>,
+    mut files: Option<FilesRun>,
 ) -> Result<Status> {
     print_plan(ctx, plan);
+    if let Some(f) = &files {
+        f.plan.print(ctx);
+    }
     let Some(sd) = sd else {
         if ctx.json {
-            print_json(&summary(
-                plan,
-                counts,
-                json!({"result": "planned", "dry_run": true}),
-            ))?;
+            let mut extra = json!({"result": "planned", "dry_run": true});
+            if let Some(f) = &files {
+                extra["files"] = f.plan.to_json();
+            }
+            print_json(&summary(plan, counts, extra))?;
         }
         return Ok(Status::Success);
     };
-    let (status, extra) = execute(ctx, client, counts, sd, plan, journal)?;
+    let (mut status, mut extra) = execute(ctx, client, counts, sd, plan, journal)?;
+    if let Some(f) = files.as_mut() {
+        if status == Status::Success {
+            // After the qubes exist and the policy is in place.
+            let (ok, v) = f.plan.deliver(ctx, client, &f.mgmt, &f.running)?;
+            if !ctx.json && !ctx.quiet && v["pushes"].as_u64().is_some_and(|n| n > 0) {
+                eprintln!(
+                    "files: {} push(es); {} reads, {} writes in all",
+                    v["pushes"],
+                    counts.reads(),
+                    counts.writes()
+                );
+            }
+            extra["files"] = v;
+            if !ok {
+                status = Status::Error;
+                extra["result"] = json!("failed");
+            }
+        } else {
+            extra["files"] = f.plan.to_json();
+            note(ctx, "files: not delivered (the install did not complete)");
+        }
+    }
     if ctx.json {
         print_json(&summary(plan, counts, extra))?;
     }
@@ -572,6 +616,23 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
     let mgmt = connect::mgmt_name(ctx)?;
     let (client, counts) = connect::admin_counted(ctx)?;
     let actual = read_for_apply(&client, m, &mgmt)?;
+    let files = if pd.manifest.files.is_empty() && !changes {
+        None
+    } else {
+        let state = state_dir(&a.state).ok();
+        let plan = pkgfiles::plan(pd.path(), m, state.as_deref())?;
+        let running = actual
+            .listed
+            .values()
+            .filter(|i| i.state != "Halted")
+            .map(|i| i.name.clone())
+            .collect();
+        Some(FilesRun {
+            plan,
+            mgmt: mgmt.clone(),
+            running,
+        })
+    };
     let opts = Options {
         mgmt,
         adopt: a.adopt,
@@ -627,7 +688,7 @@ fn apply_cmd(ctx: &Ctx, a: &ApplyArgs, mode: Mode) -> Result<Status> {
         .filter_map(|v| semver::Version::parse(v).ok())
         .max();
     qpm_repo::check_upgrade(&m.name, newest.as_ref(), &m.version, a.allow_downgrade)?;
-    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal)
+    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal, files)
 }
 
 /// Every listed qube's tags, then the package's qubes in detail.
@@ -732,7 +793,13 @@ fn remove_cmd(ctx: &Ctx, a: &RemoveArgs) -> Result<Status> {
         }
         r => r?,
     };
-    show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal)
+    let status = show_and_run(ctx, &client, &counts, sd.as_ref(), &plan, journal, None)?;
+    if let Some(sd) = &sd
+        && status == Status::Success
+    {
+        pkgfiles::forget(sd.path(), &name)?;
+    }
+    Ok(status)
 }
 
 /// The installed packages (from the tags on the qubes) with their qubes,
@@ -923,9 +990,10 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
         }
         _ => diffs = drift(&client, &name, &mgmt, verify)?,
     }
+    let notes = check_files(ctx, &client, &a.state, &name, &mut diffs)?;
     if ctx.json {
         print_json(
-            &json!({"package": name, "clean": diffs.is_empty(), "differences": diffs, "calls": counts.to_json()}),
+            &json!({"package": name, "clean": diffs.is_empty(), "differences": diffs, "notes": notes, "calls": counts.to_json()}),
         )?;
     } else if diffs.is_empty() {
         println!(
@@ -946,6 +1014,29 @@ fn status_cmd(ctx: &Ctx, a: &NameArgs, verify: bool) -> Result<Status> {
     } else {
         Status::Success
     })
+}
+
+/// The package's files in its running qubes (see `pkgfiles::check`):
+/// differences appended to `diffs`; returns the notes (printed on stderr
+/// unless `--json`).
+fn check_files(
+    ctx: &Ctx,
+    client: &Client,
+    state: &StateArgs,
+    name: &str,
+    diffs: &mut Vec<serde_json::Value>,
+) -> Result<Vec<String>> {
+    let Ok(dir) = state_dir(state) else {
+        return Ok(Vec::new());
+    };
+    let (d, notes) = pkgfiles::check(ctx, client, &dir, name)?;
+    diffs.extend(d);
+    if !ctx.json {
+        for n in &notes {
+            note(ctx, n);
+        }
+    }
+    Ok(notes)
 }
 
 /// Differences between a package's qubes and what was applied to them.
@@ -1012,7 +1103,7 @@ fn drift(client: &Client, name: &str, mgmt: &str, verify: bool) -> Result<Vec<se
 
 /// `qpm verify` without a package: every installed package against what
 /// was applied.
-fn verify_all(ctx: &Ctx) -> Result<Status> {
+fn verify_all(ctx: &Ctx, state: &StateArgs) -> Result<Status> {
     let mgmt = connect::mgmt_name(ctx)?;
     let (client, counts) = connect::admin_counted(ctx)?;
     let mut actual = Actual::list(&client)?;
@@ -1026,7 +1117,8 @@ fn verify_all(ctx: &Ctx) -> Result<Status> {
     let mut out = Vec::new();
     let mut clean = true;
     for p in actual.packages(&mgmt).keys() {
-        let d = drift(&client, p, &mgmt, true)?;
+        let mut d = drift(&client, p, &mgmt, true)?;
+        check_files(ctx, &client, state, p, &mut d)?;
         clean &= d.is_empty();
         if !ctx.json {
             if d.is_empty() {

@@ -130,16 +130,16 @@ fn source_name() -> String {
 }
 
 /// A qrexec call to `qpm.SyncConfig` in `qube`.
-struct Call {
-    stdin: Option<Box<dyn Write + Send>>,
-    stdout: Box<dyn std::io::Read + Send>,
+pub(crate) struct Call {
+    pub(crate) stdin: Option<Box<dyn Write + Send>>,
+    pub(crate) stdout: Box<dyn std::io::Read + Send>,
     wait: Box<dyn FnOnce() -> Option<i32>>,
 }
 
 /// Exit status of a call qrexec refused.
-const REFUSED: i32 = 126;
+pub(crate) const REFUSED: i32 = 126;
 
-fn connect(ctx: &Ctx, qube: &str) -> Result<Call> {
+pub(crate) fn connect(ctx: &Ctx, qube: &str) -> Result<Call> {
     if !qube
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -190,7 +190,7 @@ fn connect(ctx: &Ctx, qube: &str) -> Result<Call> {
 }
 
 impl Call {
-    fn finish(mut self) -> Option<i32> {
+    pub(crate) fn finish(mut self) -> Option<i32> {
         drop(self.stdin.take());
         (self.wait)()
     }

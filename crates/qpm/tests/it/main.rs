@@ -2,6 +2,7 @@
 
 mod gatekeeper;
 mod pkg;
+mod pkgfiles;
 mod policy;
 mod repo;
 mod sim;

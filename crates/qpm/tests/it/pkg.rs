@@ -15,7 +15,7 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn example(app: &str, version: &str) -> String {
+pub(crate) fn example(app: &str, version: &str) -> String {
     repo()
         .join("examples")
         .join(app)
@@ -27,13 +27,13 @@ fn example(app: &str, version: &str) -> String {
 const APPS: [&str; 3] = ["split-browser", "securedrop-ws", "dangerzone"];
 
 /// A simulator plus a private qpm state directory.
-struct Env {
-    sim: SimDir,
-    state: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) sim: SimDir,
+    pub(crate) state: tempfile::TempDir,
 }
 
 impl Env {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let sim = SimDir::new();
         let out = sim.qpm(None).args(["sim", "start"]).output().unwrap();
         assert!(
@@ -47,20 +47,21 @@ impl Env {
         }
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = self.sim.qpm(None);
         c.env("QPM_STATE_DIR", self.state.path())
             .env_remove("QPM_TEST_CRASH_AFTER")
+            .env_remove("QPM_TEST_CRASH_AFTER_PUSH")
             .env_remove("QPM_MGMT");
         c
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
 
     /// `qpm --json ARGS`, expecting exit `code`.
-    fn json(&self, args: &[&str], code: i32) -> Value {
+    pub(crate) fn json(&self, args: &[&str], code: i32) -> Value {
         let out = self.cmd().arg("--json").args(args).output().unwrap();
         assert_eq!(
             out.status.code(),
@@ -73,7 +74,7 @@ impl Env {
     }
 
     /// A client acting as `caller` (dom0 skips policy).
-    fn client(&self, caller: &str) -> Client {
+    pub(crate) fn client(&self, caller: &str) -> Client {
         Client::new(Simulator::new(
             self.sim.path().join("run/qrexec.sock"),
             caller,
@@ -87,7 +88,7 @@ impl Env {
     /// Everything an install can change, as dom0 sees it: qubes with class,
     /// properties (without per-instance ones: uuid, qid, addresses, ...),
     /// tags, features and firewall; and the package policy files.
-    fn dump(&self) -> BTreeMap<String, Value> {
+    pub(crate) fn dump(&self) -> BTreeMap<String, Value> {
         const VOLATILE: &[&str] = &[
             "uuid",
             "qid",
@@ -161,7 +162,7 @@ fn manifest(app: &str, version: &str) -> qpm_pkg::manifest::Manifest {
     qpm_pkg::manifest::load_dir(Path::new(&example(app, version))).unwrap()
 }
 
-fn calls(v: &Value) -> (u64, u64) {
+pub(crate) fn calls(v: &Value) -> (u64, u64) {
     (
         v["calls"]["read"].as_u64().unwrap(),
         v["calls"]["write"].as_u64().unwrap(),
@@ -528,6 +529,48 @@ fn bad_input_is_refused_before_any_call() {
     );
 }
 
+/// A qube created in dom0 is invisible to the management qube, so the plan
+/// cannot see the collision; the create call finds it, and the run stops
+/// there with an error that names the qube and the ways out, without
+/// touching the foreign qube.
+#[test]
+fn a_collision_with_a_qube_outside_the_scope_stops_at_its_creation() {
+    let env = Env::new();
+    let dom0 = env.client("dom0");
+    dom0.create("AppVM", "bad-hidden", "red", Some("debian-13-xfce"))
+        .unwrap();
+    let mgmt = env.client("mgmt");
+    assert!(
+        !mgmt
+            .list_qubes()
+            .unwrap()
+            .iter()
+            .any(|q| q.name == "bad-hidden"),
+        "the qube must be outside the management qube's view for this test"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = package(
+        &tmp.path().join("bad"),
+        "[package]\nname = \"bad\"\nversion = \"1.0.0\"\nsummary = \"s\"\n\
+         [qubes.bad-hidden]\nclass = \"AppVM\"\ntemplate = \"debian-13-xfce\"\nlabel = \"blue\"\n",
+        None,
+    );
+    let out = env.run(&["install", &pkg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("name collision"), "{err}");
+    assert!(
+        err.contains("qpm-dom0 adopt bad-hidden --package bad"),
+        "{err}"
+    );
+    let tags = dom0.tags("bad-hidden").unwrap();
+    assert!(!tags.iter().any(|t| t.starts_with("qpm-pkg-")), "{tags:?}");
+    assert_eq!(
+        dom0.property(Some("bad-hidden"), "label").unwrap().value,
+        "red"
+    );
+}
+
 #[test]
 fn a_second_run_waits_for_the_lock() {
     let env = Env::new();
@@ -539,8 +582,9 @@ fn a_second_run_waits_for_the_lock() {
     env.json(&["plan", &example("dangerzone", "1.0.0")], 0);
 }
 
-/// Kills `qpm ARGS` after its N-th mutating call, for every N, re-runs it
-/// and compares the end state with an uninterrupted run. The crash points
+/// Kills `qpm ARGS` after its N-th mutating call, for every N, and after
+/// each push of the package's files, re-runs it and compares the end state
+/// with an uninterrupted run. The crash points
 /// run on several threads (each with its own simulator; the work is mostly
 /// waiting for processes). `QPM_CRASH_STRIDE=K` tries only every K-th call
 /// (and the last), for a quick run; the default is every call.
@@ -558,8 +602,13 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
         .and_then(|s| s.parse().ok())
         .filter(|k| *k > 0)
         .unwrap_or(1);
-    let points: Vec<u64> = (1..=total)
+    // Crash points: after each mutating Admin API call, then after each
+    // `qpm.SyncConfig` push of the package's files (not an Admin API call).
+    let pushes = v["files"]["pushes"].as_u64().unwrap_or(0);
+    let points: Vec<(&str, u64)> = (1..=total)
         .filter(|n| n % stride == 0 || *n == 1 || *n == total)
+        .map(|n| ("QPM_TEST_CRASH_AFTER", n))
+        .chain((1..=pushes).map(|n| ("QPM_TEST_CRASH_AFTER_PUSH", n)))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = 4;
@@ -567,10 +616,10 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    while let Some(&n) =
+                    while let Some(&(var, n)) =
                         points.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
                     {
-                        crash_at(setup, args, n, &want);
+                        crash_at(setup, args, var, n, &want);
                     }
                 })
             })
@@ -584,7 +633,7 @@ fn crash_after_every_call(setup: &[&str], args: &[&str]) {
 }
 
 /// One crash point of [`crash_after_every_call`].
-fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value>) {
+fn crash_at(setup: &[&str], args: &[&str], var: &str, n: u64, want: &BTreeMap<String, Value>) {
     let env = Env::new();
     if !setup.is_empty() {
         env.json(setup, 0);
@@ -592,15 +641,12 @@ fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value
     let out = env
         .cmd()
         .args(args)
-        .env("QPM_TEST_CRASH_AFTER", n.to_string())
+        .env(var, n.to_string())
         .output()
         .unwrap();
-    assert!(
-        !out.status.success(),
-        "{args:?} did not crash after write {n}"
-    );
+    assert!(!out.status.success(), "{args:?} did not crash ({var}={n})");
     let v = env.json(args, 0);
-    assert_ne!(v["result"], "failed", "after a crash at {n}: {v}");
+    assert_ne!(v["result"], "failed", "after a crash ({var}={n}): {v}");
     let got = env.dump();
     let keys: std::collections::BTreeSet<&String> = want.keys().chain(got.keys()).collect();
     let diff: Vec<String> = keys
@@ -610,12 +656,12 @@ fn crash_at(setup: &[&str], args: &[&str], n: u64, want: &BTreeMap<String, Value
         .collect();
     assert!(
         diff.is_empty(),
-        "{args:?}: end state differs after a crash at write {n}:\n{}",
+        "{args:?}: end state differs after a crash ({var}={n}):\n{}",
         diff.join("\n")
     );
     if args[0] != "remove" {
         let again = env.json(args, 0);
-        assert_eq!(calls(&again).1, 0, "crash at {n}: not converged");
+        assert_eq!(calls(&again).1, 0, "crash ({var}={n}): not converged");
     }
 }
 

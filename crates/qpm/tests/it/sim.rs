@@ -7,17 +7,29 @@ use std::process::Command;
 use assert_cmd::cargo::CommandCargoExt;
 
 /// The `qpm-sim` binary next to `qpm`. `cargo test` builds only this
-/// package's binaries, so the simulator and `qpm-dom0` (which sets up its
-/// dom0) are built here, once per test run, so that they are never stale.
+/// package's binaries, so the simulator, `qpm-dom0` (which sets up its
+/// dom0) and `qpm-agent` (its templates' `qpm.SyncConfig`) are built here, once per test run, so that they are never stale.
 pub(crate) fn sim_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "qpm-sim", "-p", "qpm-dom0"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "qpm-sim",
+                "-p",
+                "qpm-dom0",
+                "-p",
+                "qpm-agent",
+            ])
             .status()
             .expect("cargo build");
-        assert!(st.success(), "building qpm-sim and qpm-dom0 failed");
+        assert!(
+            st.success(),
+            "building qpm-sim, qpm-dom0 and qpm-agent failed"
+        );
     });
     PathBuf::from(env!("CARGO_BIN_EXE_qpm")).with_file_name("qpm-sim")
 }

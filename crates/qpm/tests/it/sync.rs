@@ -253,7 +253,7 @@ mod on_the_simulator {
             std::fs::write(
                 &svc,
                 format!(
-                    "#!/bin/sh\nexec {} serve --root \"$QPM_SIM_ROOT\" --state \"$QPM_SIM_ROOT/var/lib/qpm-agent\" --config {}/\"$QPM_SIM_QUBE\".toml\n",
+                    "#!/bin/sh\nexec {} serve --root \"$QPM_SIM_ROOT\" --state \"$QPM_SIM_ROOT/rw/qpm-agent\" --config {}/\"$QPM_SIM_QUBE\".toml\n",
                     agent_bin().display(),
                     h.display()
                 ),
@@ -358,7 +358,7 @@ mod on_the_simulator {
                 .arg("--root")
                 .arg(&root)
                 .arg("--state")
-                .arg(root.join("var/lib/qpm-agent"))
+                .arg(root.join("rw/qpm-agent"))
                 .arg("--config")
                 .arg(self.host.path().join(format!("{qube}.toml")))
                 .write_stdin(answer)
@@ -626,5 +626,26 @@ mod on_the_simulator {
             s.read("personal", "/etc/app/keep.conf").as_deref(),
             Some("kept\n")
         );
+        // The agent's own records are on the private volume too: after the
+        // restarts it still knows it put keep.conf there, so dropping the
+        // file from the repository removes it (a forgotten record would
+        // leave it behind as a file qpm does not own).
+        s.write_repo(
+            &[("volatile.conf", "lost\n")],
+            "[[file]]\nsrc = \"volatile.conf\"\ndest = \"/etc/app/volatile.conf\"\nto = [\"work\", \"personal\"]\n",
+        );
+        let out = s.qpm(&["sync", "push"]);
+        ok(&out);
+        for q in ["work", "personal"] {
+            assert!(
+                !exists(&s, q, "/etc/app/keep.conf"),
+                "{q}: a dropped file qpm put there is removed after restarts"
+            );
+            assert_eq!(
+                s.read(q, "/etc/app/volatile.conf").as_deref(),
+                Some("lost\n"),
+                "{q}"
+            );
+        }
     }
 }
