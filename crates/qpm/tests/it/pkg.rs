@@ -529,6 +529,73 @@ fn bad_input_is_refused_before_any_call() {
     );
 }
 
+/// Runs `qpm ARGS` on a terminal (util-linux `script` gives it a pty),
+/// typing `answer`; returns the exit code and what the terminal showed.
+fn on_terminal(env: &Env, args: &[&str], answer: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let base = env.cmd();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = quote(&base.get_program().to_string_lossy());
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"]);
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// On a terminal, a conflict is a question: abort changes nothing, "k"
+/// keeps the user's value, and the upgrade goes on.
+#[test]
+fn a_conflict_is_asked_on_a_terminal() {
+    let env = Env::new();
+    let v1 = example("securedrop-ws", "1.0.0");
+    let v2 = example("securedrop-ws", "2.0.0");
+    env.json(&["install", &v1], 0);
+    let mgmt = env.client("mgmt");
+    mgmt.set_property(Some("sd-proxy"), "netvm", "").unwrap();
+    let before = env.state_json();
+    let (code, screen) = on_terminal(&env, &["upgrade", &v2], "a\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(screen.contains("sd-proxy: p:netvm"), "{screen}");
+    assert!(screen.contains("Keep yours (k)"), "{screen}");
+    assert_eq!(env.state_json(), before, "abort changes nothing");
+    let (code, screen) = on_terminal(&env, &["upgrade", &v2], "k\n");
+    assert_eq!(code, Some(0), "{screen}");
+    let c = env.client("dom0");
+    assert_eq!(c.property(Some("sd-proxy"), "netvm").unwrap().value, "");
+    assert!(
+        c.tags("sd-tor")
+            .unwrap()
+            .iter()
+            .any(|t| t == "qpm-pkg-securedrop-ws"),
+        "the upgrade went on"
+    );
+}
+
 /// A qube created in dom0 is invisible to the management qube, so the plan
 /// cannot see the collision; the create call finds it, and the run stops
 /// there with an error that names the qube and the ways out, without
