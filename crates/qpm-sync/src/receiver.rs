@@ -548,10 +548,19 @@ impl Agent {
     }
 
     fn abs(&self, t: Tree, path: &str) -> String {
-        match t {
-            Tree::Home => format!("{}/{path}", self.opts.config.home.trim_end_matches('/')),
-            Tree::System => format!("/{path}"),
+        let mut s = String::new();
+        self.abs_into(&mut s, t, path);
+        s
+    }
+
+    /// [`Self::abs`] into `s` (cleared first).
+    fn abs_into(&self, s: &mut String, t: Tree, path: &str) {
+        s.clear();
+        if t == Tree::Home {
+            s.push_str(self.opts.config.home.trim_end_matches('/'));
         }
+        s.push('/');
+        s.push_str(path);
     }
 
     fn load_applied(&self) -> Result<Applied> {
@@ -847,6 +856,7 @@ impl Agent {
             )));
         }
         let mut total = 0u64;
+        let mut abs = String::new();
         for e in &m.entries {
             if e.size > cfg.max_file_size {
                 return Err(AgentError::Refused(format!(
@@ -857,7 +867,7 @@ impl Agent {
                 )));
             }
             total = total.saturating_add(e.size);
-            let abs = self.abs(e.tree, e.path.as_str());
+            self.abs_into(&mut abs, e.tree, e.path.as_str());
             if !cfg.allowed(&abs, &self.extra_deny) {
                 return Err(AgentError::Refused(format!(
                     "{} is not allowed",
