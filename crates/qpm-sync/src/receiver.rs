@@ -218,7 +218,7 @@ struct RecView {
 }
 
 /// `applied.bin` parsed without a string per record, for a push with
-/// nothing to change (see [`Pre::all_unchanged`]). Every text is checked
+/// nothing to change (see [`nothing_to_change`]). Every text is checked
 /// to be UTF-8: the bytes decode to an [`Applied`] exactly when they parse.
 #[derive(Debug)]
 struct AppliedView {
@@ -2010,45 +2010,9 @@ struct Pre<'a> {
 }
 
 impl<'a> Pre<'a> {
-    /// Whether the manifest asks for nothing: every entry has a record
-    /// from `caller` with its hash and mode, the target file is what qpm
-    /// wrote (stat cache), and `caller` has no other record (nothing to
-    /// delete). Both lists are sorted by key, so this is one merge, with
-    /// no string built per entry. `false` is always safe: the full
-    /// comparison runs then.
+    /// See [`nothing_to_change`].
     fn all_unchanged(&self, m: &Manifest, caller: &str) -> bool {
-        let recs = &self.view.recs;
-        let bytes = |r: Span| self.buf.get(r.0..r.1).unwrap_or(&[]);
-        let mut key = Vec::with_capacity(256);
-        let mut j = 0usize;
-        for e in &m.entries {
-            key.clear();
-            key.extend_from_slice(match e.tree {
-                Tree::Home => b"h:",
-                Tree::System => b"s:",
-            });
-            key.extend_from_slice(e.path.as_str().as_bytes());
-            while recs.get(j).is_some_and(|r| bytes(r.key) < key.as_slice()) {
-                j += 1;
-            }
-            let (Some(r), Some(Some(meta))) = (recs.get(j), self.stats.get(j)) else {
-                return false;
-            };
-            if bytes(r.key) != key.as_slice()
-                || !hex_eq(bytes(r.hash), &e.hash)
-                || u32::from(e.mode) != r.stat.mode
-                || bytes(r.source) != caller.as_bytes()
-                || !same_stat(meta.as_ref(), &r.stat)
-            {
-                return false;
-            }
-            j += 1;
-        }
-        let from_caller = recs
-            .iter()
-            .filter(|r| bytes(r.source) == caller.as_bytes())
-            .count();
-        from_caller == m.entries.len()
+        nothing_to_change(&self.buf, &self.view, &self.stats, m, caller)
     }
 
     /// The records and directory handles for the full comparison, with
@@ -2067,6 +2031,53 @@ impl<'a> Pre<'a> {
         }
         Ok((applied, dirs))
     }
+}
+
+/// Whether the manifest asks for nothing: every entry has a record
+/// from `caller` (in `view`, parsed from `buf`) with its hash and mode, the
+/// target file is what qpm wrote (its metadata in `stats`, by record), and
+/// `caller` has no other record (nothing to delete). Both lists are sorted
+/// by key, so this is one merge, with no string built per entry. `false`
+/// is always safe: the full comparison runs then.
+fn nothing_to_change(
+    buf: &[u8],
+    view: &AppliedView,
+    stats: &[Option<Option<qpm_fs::Meta>>],
+    m: &Manifest,
+    caller: &str,
+) -> bool {
+    let recs = &view.recs;
+    let bytes = |r: Span| buf.get(r.0..r.1).unwrap_or(&[]);
+    let mut key = Vec::with_capacity(256);
+    let mut j = 0usize;
+    for e in &m.entries {
+        key.clear();
+        key.extend_from_slice(match e.tree {
+            Tree::Home => b"h:",
+            Tree::System => b"s:",
+        });
+        key.extend_from_slice(e.path.as_str().as_bytes());
+        while recs.get(j).is_some_and(|r| bytes(r.key) < key.as_slice()) {
+            j += 1;
+        }
+        let (Some(r), Some(Some(meta))) = (recs.get(j), stats.get(j)) else {
+            return false;
+        };
+        if bytes(r.key) != key.as_slice()
+            || !hex_eq(bytes(r.hash), &e.hash)
+            || u32::from(e.mode) != r.stat.mode
+            || bytes(r.source) != caller.as_bytes()
+            || !same_stat(meta.as_ref(), &r.stat)
+        {
+            return false;
+        }
+        j += 1;
+    }
+    let from_caller = recs
+        .iter()
+        .filter(|r| bytes(r.source) == caller.as_bytes())
+        .count();
+    from_caller == m.entries.len()
 }
 
 /// Most directory handles [`Dirs`] keeps open.
@@ -2241,6 +2252,103 @@ mod tests {
         let mut long = b;
         long.push(0);
         assert!(Applied::decode(&long).is_none());
+    }
+
+    #[test]
+    fn no_change_merge_matches_only_what_the_full_comparison_skips() {
+        let meta = |ino: u64| qpm_fs::Meta {
+            kind: FKind::File,
+            size: 12,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            nlink: 1,
+            dev: 2049,
+            ino,
+            mtime_ns: 5,
+            ctime_ns: 6,
+        };
+        let rec = |ino: u64, source: &str| Record {
+            hash: hash_hex(&[ino as u8; 32]),
+            size: 12,
+            mode: 0o644,
+            source: source.into(),
+            persist: 0,
+            dev: 2049,
+            ino,
+            mtime_ns: 5,
+            ctime_ns: 6,
+        };
+        let entry = |tree: Tree, path: &str, ino: u64| proto::Entry {
+            tree,
+            flags: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 12,
+            hash: [ino as u8; 32],
+            path: RelPath::new(path).unwrap(),
+        };
+        let mut a = Applied::default();
+        a.files.insert("h:a/x".into(), rec(1, "cfg"));
+        a.files.insert("h:b".into(), rec(2, "cfg"));
+        a.files.insert("h:c".into(), rec(3, "other"));
+        a.files.insert("s:etc/y".into(), rec(4, "cfg"));
+        let buf = a.encode();
+        let view = AppliedView::parse(&buf).unwrap();
+        let keys: Vec<_> = a.files.keys().cloned().collect();
+        assert_eq!(keys, ["h:a/x", "h:b", "h:c", "s:etc/y"]);
+        let all = vec![
+            Some(Some(meta(1))),
+            Some(Some(meta(2))),
+            Some(Some(meta(3))),
+            Some(Some(meta(4))),
+        ];
+        let manifest = |entries: Vec<proto::Entry>| Manifest {
+            kind: proto::Kind::Sync,
+            source: "cfg".into(),
+            entries,
+        };
+        let same = manifest(vec![
+            entry(Tree::Home, "a/x", 1),
+            entry(Tree::Home, "b", 2),
+            entry(Tree::System, "etc/y", 4),
+        ]);
+        assert!(nothing_to_change(&buf, &view, &all, &same, "cfg"));
+        // Another caller's records are its own.
+        assert!(!nothing_to_change(&buf, &view, &all, &same, "other"));
+        // A record of the caller the manifest leaves out is a deletion.
+        let fewer = manifest(vec![entry(Tree::Home, "a/x", 1), entry(Tree::Home, "b", 2)]);
+        assert!(!nothing_to_change(&buf, &view, &all, &fewer, "cfg"));
+        // New content, a new file, a file held by another source.
+        let mut changed = manifest(vec![
+            entry(Tree::Home, "a/x", 1),
+            entry(Tree::Home, "b", 9),
+            entry(Tree::System, "etc/y", 4),
+        ]);
+        assert!(!nothing_to_change(&buf, &view, &all, &changed, "cfg"));
+        changed.entries[1] = entry(Tree::Home, "bb", 2);
+        assert!(!nothing_to_change(&buf, &view, &all, &changed, "cfg"));
+        changed.entries[1] = entry(Tree::Home, "c", 3);
+        assert!(!nothing_to_change(&buf, &view, &all, &changed, "cfg"));
+        // A mode change.
+        let mut mode = manifest(same.entries.clone());
+        mode.entries[0].mode = 0o600;
+        assert!(!nothing_to_change(&buf, &view, &all, &mode, "cfg"));
+        // The target edited locally (stat differs), gone, or not read ahead
+        // (its directory failed a check).
+        for st in [Some(Some(meta(7))), Some(None), None] {
+            let mut s = all.clone();
+            s[3] = st;
+            assert!(!nothing_to_change(&buf, &view, &s, &same, "cfg"));
+        }
+        // Out of order: no merge, the full comparison decides.
+        let unsorted = manifest(vec![
+            entry(Tree::Home, "b", 2),
+            entry(Tree::Home, "a/x", 1),
+            entry(Tree::System, "etc/y", 4),
+        ]);
+        assert!(!nothing_to_change(&buf, &view, &all, &unsorted, "cfg"));
     }
 
     proptest::proptest! {
