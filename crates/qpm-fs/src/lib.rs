@@ -491,6 +491,27 @@ impl Root {
         }
     }
 
+    /// [`Self::metadata`] of `name`, one component directly in this
+    /// directory (no path to build or check for each file of a listing).
+    pub fn metadata_name(&self, name: &str) -> Result<Option<Meta>> {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.len() > MAX_NAME_BYTES
+            || name.bytes().any(|b| b == b'/' || b == 0)
+        {
+            return Err(Error::InvalidPath {
+                path: esc(name.get(..name.len().min(200)).unwrap_or("")),
+                reason: "not a single file name",
+            });
+        }
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(meta_from(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_err("stat", &self.shown(name), e)),
+        }
+    }
+
     /// Metadata of the root directory itself.
     pub fn root_metadata(&self) -> Result<Meta> {
         rustix::fs::fstat(&self.fd)

@@ -497,11 +497,18 @@ impl Manifest {
 /// Refuses duplicate paths, paths equal except for case, and a file that is
 /// also a directory of another entry (`a` and `a/b`).
 fn check_collisions(entries: &[Entry]) -> Result<()> {
+    use std::borrow::Cow;
     use std::collections::{HashMap, HashSet};
-    let mut seen: HashMap<(Tree, String), &str> = HashMap::with_capacity(entries.len());
+    let mut seen: HashMap<(Tree, Cow<'_, str>), &str> = HashMap::with_capacity(entries.len());
     for e in entries {
-        let folded = e.path.as_str().to_lowercase();
-        if let Some(prev) = seen.insert((e.tree, folded), e.path.as_str()) {
+        let p = e.path.as_str();
+        // Folded only when something folds (no string per plain path).
+        let folded = if p.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+            Cow::Owned(p.to_lowercase())
+        } else {
+            Cow::Borrowed(p)
+        };
+        if let Some(prev) = seen.insert((e.tree, folded), p) {
             return Err(ProtoError::Invalid {
                 what: "manifest",
                 field: "path",
@@ -515,16 +522,16 @@ fn check_collisions(entries: &[Entry]) -> Result<()> {
     }
     let files: HashSet<(Tree, &str)> = entries.iter().map(|e| (e.tree, e.path.as_str())).collect();
     for e in entries {
-        let mut p = e.path.parent();
-        while let Some(d) = p {
-            if files.contains(&(e.tree, d.as_str())) {
+        let mut p = e.path.as_str();
+        while let Some((d, _)) = p.rsplit_once('/') {
+            if files.contains(&(e.tree, d)) {
                 return Err(ProtoError::Invalid {
                     what: "manifest",
                     field: "path",
-                    reason: format!("{:?} is both a file and a directory", d.as_str()),
+                    reason: format!("{d:?} is both a file and a directory"),
                 });
             }
-            p = d.parent();
+            p = d;
         }
     }
     Ok(())

@@ -159,55 +159,146 @@ impl Applied {
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let mut c = b.strip_prefix(b"QPMA\x00\x01")?;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let (a, rest) = c.split_at_checked(n)?;
-            c = rest;
-            Some(a)
-        };
-        fn text(b: &[u8]) -> Option<String> {
-            std::str::from_utf8(b).ok().map(str::to_owned)
-        }
-        let n = usize::from(*take(1)?.first()?);
-        let last_sync = text(take(n)?)?;
-        let last_applied = u64::from_be_bytes(take(8)?.try_into().ok()?);
-        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
-        // Collected, then built in one go (the file is written in key
-        // order, so this is a linear bulk build, not a search per entry).
-        let mut files = Vec::with_capacity((count as usize).min(b.len() / 60));
-        for _ in 0..count {
-            let n = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
-            let key = text(take(n)?)?;
-            let n = usize::from(*take(1)?.first()?);
-            let hash = text(take(n)?)?;
-            let size = u64::from_be_bytes(take(8)?.try_into().ok()?);
-            let mode = u32::from_be_bytes(take(4)?.try_into().ok()?);
-            let n = usize::from(*take(1)?.first()?);
-            let source = text(take(n)?)?;
-            let persist = *take(1)?.first()?;
-            let dev = u64::from_be_bytes(take(8)?.try_into().ok()?);
-            let ino = u64::from_be_bytes(take(8)?.try_into().ok()?);
-            let mtime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
-            let ctime_ns = i128::from_be_bytes(take(16)?.try_into().ok()?);
+        let v = AppliedView::parse(b)?;
+        let text = |r: Span| text_at(b, r).map(str::to_owned);
+        let mut files = Vec::with_capacity(v.recs.len());
+        for r in &v.recs {
             files.push((
-                key,
+                text(r.key)?,
                 Record {
-                    hash,
-                    size,
-                    mode,
-                    source,
-                    persist,
-                    dev,
-                    ino,
-                    mtime_ns,
-                    ctime_ns,
+                    hash: text(r.hash)?,
+                    size: r.stat.size,
+                    mode: r.stat.mode,
+                    source: text(r.source)?,
+                    persist: r.persist,
+                    dev: r.stat.dev,
+                    ino: r.stat.ino,
+                    mtime_ns: r.stat.mtime_ns,
+                    ctime_ns: r.stat.ctime_ns,
                 },
             ));
         }
-        c.is_empty().then(|| Self {
+        // The file is written in key order, so this is a linear bulk
+        // build, not a search per entry.
+        Some(Self {
             files: files.into_iter().collect(),
+            last_sync: text(v.last_sync)?,
+            last_applied: v.last_applied,
+        })
+    }
+}
+
+/// Byte range `start..end` in the bytes of `applied.bin`.
+type Span = (usize, usize);
+
+/// The text at `r` in `b`.
+fn text_at(b: &[u8], r: Span) -> Option<&str> {
+    std::str::from_utf8(b.get(r.0..r.1)?).ok()
+}
+
+/// What the stat cache of a record compares with the file's metadata.
+#[derive(Debug, Clone, Copy)]
+struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    mode: u32,
+}
+
+/// One record of `applied.bin`, its texts as ranges of the file's bytes.
+#[derive(Debug, Clone, Copy)]
+struct RecView {
+    key: Span,
+    hash: Span,
+    source: Span,
+    persist: u8,
+    stat: StatKey,
+}
+
+/// `applied.bin` parsed without a string per record, for a push with
+/// nothing to change (see [`nothing_to_change`]). Every text is checked
+/// to be UTF-8: the bytes decode to an [`Applied`] exactly when they parse.
+#[derive(Debug)]
+struct AppliedView {
+    last_sync: Span,
+    last_applied: u64,
+    /// In file order (key order, as written).
+    recs: Vec<RecView>,
+}
+
+/// Reads `applied.bin` front to back.
+struct Cursor<'b> {
+    b: &'b [u8],
+    pos: usize,
+}
+
+impl<'b> Cursor<'b> {
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let a = self.b.get(self.pos..end)?;
+        self.pos = end;
+        Some(a)
+    }
+    fn arr<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn byte(&mut self) -> Option<u8> {
+        let [x] = self.arr::<1>()?;
+        Some(x)
+    }
+    fn text(&mut self, n: usize) -> Option<Span> {
+        let start = self.pos;
+        std::str::from_utf8(self.take(n)?).ok()?;
+        Some((start, self.pos))
+    }
+}
+
+impl AppliedView {
+    fn parse(b: &[u8]) -> Option<Self> {
+        if !b.starts_with(b"QPMA\x00\x01") {
+            return None;
+        }
+        let mut c = Cursor { b, pos: 6 };
+        let n = usize::from(c.byte()?);
+        let last_sync = c.text(n)?;
+        let last_applied = u64::from_be_bytes(c.arr()?);
+        let count = u32::from_be_bytes(c.arr()?);
+        let mut recs = Vec::with_capacity((count as usize).min(b.len() / 60));
+        for _ in 0..count {
+            let n = usize::from(u16::from_be_bytes(c.arr()?));
+            let key = c.text(n)?;
+            let n = usize::from(c.byte()?);
+            let hash = c.text(n)?;
+            let size = u64::from_be_bytes(c.arr()?);
+            let mode = u32::from_be_bytes(c.arr()?);
+            let n = usize::from(c.byte()?);
+            let source = c.text(n)?;
+            let persist = c.byte()?;
+            let dev = u64::from_be_bytes(c.arr()?);
+            let ino = u64::from_be_bytes(c.arr()?);
+            let mtime_ns = i128::from_be_bytes(c.arr()?);
+            let ctime_ns = i128::from_be_bytes(c.arr()?);
+            recs.push(RecView {
+                key,
+                hash,
+                source,
+                persist,
+                stat: StatKey {
+                    dev,
+                    ino,
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    mode,
+                },
+            });
+        }
+        (c.pos == b.len()).then_some(Self {
             last_sync,
             last_applied,
+            recs,
         })
     }
 }
@@ -341,11 +432,10 @@ fn hash_hex(h: &[u8; 32]) -> String {
 }
 
 /// Whether `hex` is [`hash_hex`] of `h`, without building the string.
-fn hex_eq(hex: &str, h: &[u8; 32]) -> bool {
+fn hex_eq(hex: &[u8], h: &[u8; 32]) -> bool {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     hex.len() == 64
         && hex
-            .as_bytes()
             .chunks_exact(2)
             .zip(h)
             .all(|(pair, &b)| pair == [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
@@ -458,10 +548,19 @@ impl Agent {
     }
 
     fn abs(&self, t: Tree, path: &str) -> String {
-        match t {
-            Tree::Home => format!("{}/{path}", self.opts.config.home.trim_end_matches('/')),
-            Tree::System => format!("/{path}"),
+        let mut s = String::new();
+        self.abs_into(&mut s, t, path);
+        s
+    }
+
+    /// [`Self::abs`] into `s` (cleared first).
+    fn abs_into(&self, s: &mut String, t: Tree, path: &str) {
+        s.clear();
+        if t == Tree::Home {
+            s.push_str(self.opts.config.home.trim_end_matches('/'));
         }
+        s.push('/');
+        s.push_str(path);
     }
 
     fn load_applied(&self) -> Result<Applied> {
@@ -757,6 +856,7 @@ impl Agent {
             )));
         }
         let mut total = 0u64;
+        let mut abs = String::new();
         for e in &m.entries {
             if e.size > cfg.max_file_size {
                 return Err(AgentError::Refused(format!(
@@ -767,7 +867,7 @@ impl Agent {
                 )));
             }
             total = total.saturating_add(e.size);
-            let abs = self.abs(e.tree, e.path.as_str());
+            self.abs_into(&mut abs, e.tree, e.path.as_str());
             if !cfg.allowed(&abs, &self.extra_deny) {
                 return Err(AgentError::Refused(format!(
                     "{} is not allowed",
@@ -815,31 +915,37 @@ impl Agent {
         }
     }
 
-    /// The applied records, with the target file of each `stat`ed (in a
-    /// [`Dirs`] whose parent directories passed the tree's checks). `None`
-    /// when the records cannot be read: [`Self::receive`] then reads them
-    /// again and reports why. A file whose directory fails a check is left
-    /// out, so the check fails again, and is reported, when the manifest
-    /// names it. Gives up (`None`) when `stop` is set.
-    fn prestat(&self, stop: &std::sync::atomic::AtomicBool) -> Option<(Applied, Dirs<'_>)> {
-        let applied = self.load_applied().ok()?;
+    /// The applied records (read from `applied.bin` into one buffer), with
+    /// the target file of each `stat`ed (in a [`Dirs`] whose parent
+    /// directories passed the tree's checks). `None` when there is no
+    /// `applied.bin` or it cannot be read: [`Self::receive`] then reads the
+    /// records again and reports why. A file whose directory fails a check
+    /// is left out, so the check fails again, and is reported, when the
+    /// manifest names it. Gives up (`None`) when `stop` is set.
+    fn prestat(&self, stop: &std::sync::atomic::AtomicBool) -> Option<Pre<'_>> {
+        let buf = self
+            .state
+            .read_limited(&rel("applied.bin").ok()?, 64 * 1024 * 1024)
+            .ok()?;
+        let view = AppliedView::parse(&buf)?;
         let mut dirs = Dirs::new(self);
-        dirs.seen.reserve(applied.files.len());
-        for k in applied.files.keys() {
+        let mut stats = Vec::with_capacity(view.recs.len());
+        for r in &view.recs {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return None;
             }
-            let Some((tree, p)) = split_key(k) else {
-                continue;
-            };
-            let Ok(path) = RelPath::new(p) else {
-                continue;
-            };
-            if let Ok(m) = dirs.stat(tree, &path) {
-                dirs.seen.insert(k.clone(), m);
-            }
+            let m = text_at(&buf, r.key)
+                .and_then(split_key)
+                .and_then(|(tree, p)| Some((tree, RelPath::new(p).ok()?)))
+                .and_then(|(tree, path)| dirs.stat(tree, &path).ok());
+            stats.push(m);
         }
-        Some((applied, dirs))
+        Some(Pre {
+            buf,
+            view,
+            stats,
+            dirs,
+        })
     }
 
     fn receive(
@@ -848,15 +954,24 @@ impl Agent {
         caller: &str,
         input: &mut dyn Read,
         output: &mut dyn Write,
-        pre: Option<(Applied, Dirs<'_>)>,
+        pre: Option<Pre<'_>>,
     ) -> Result<Outcome> {
         self.check_entries(m, caller)?;
         // From here on, what this request owns: the caller's plain set or
         // one of its named sets.
         let owner = set_owner(m, caller);
         let caller = owner.as_str();
+        if pre.as_ref().is_some_and(|p| p.all_unchanged(m, caller)) {
+            return Ok(Outcome {
+                code: Code::Unchanged,
+                written: 0,
+                deleted: 0,
+                conflicts: 0,
+                message: "nothing to change".into(),
+            });
+        }
         let (applied, mut dirs) = match pre {
-            Some(p) => p,
+            Some(p) => p.into_applied()?,
             None => (self.load_applied()?, Dirs::new(self)),
         };
         let cfg = &self.opts.config;
@@ -876,7 +991,7 @@ impl Agent {
             let meta = dirs.stat_seen(&k, e.tree, &e.path)?;
             if let Some(r) = rec {
                 listed_from_caller += usize::from(r.source == caller);
-                if hex_eq(&r.hash, &e.hash)
+                if hex_eq(r.hash.as_bytes(), &e.hash)
                     && u32::from(e.mode) == r.mode
                     && r.source == caller
                     && unchanged(meta.as_ref(), r)
@@ -1805,6 +1920,21 @@ impl Agent {
 
 /// Whether the stat cache says the file is still what qpm wrote.
 fn unchanged(m: Option<&qpm_fs::Meta>, r: &Record) -> bool {
+    same_stat(
+        m,
+        &StatKey {
+            dev: r.dev,
+            ino: r.ino,
+            size: r.size,
+            mtime_ns: r.mtime_ns,
+            ctime_ns: r.ctime_ns,
+            mode: r.mode,
+        },
+    )
+}
+
+/// [`unchanged`] for the fields of a record.
+fn same_stat(m: Option<&qpm_fs::Meta>, r: &StatKey) -> bool {
     m.is_some_and(|m| {
         m.kind == FKind::File
             && m.dev == r.dev
@@ -1869,6 +1999,87 @@ impl Handles {
     }
 }
 
+/// What [`Agent::prestat`] read ahead: the bytes of `applied.bin`, its
+/// records, and the metadata of each record's target file (`None`: not
+/// read, e.g. its directory failed a check; `Some(None)`: absent).
+struct Pre<'a> {
+    buf: Vec<u8>,
+    view: AppliedView,
+    stats: Vec<Option<Option<qpm_fs::Meta>>>,
+    dirs: Dirs<'a>,
+}
+
+impl<'a> Pre<'a> {
+    /// See [`nothing_to_change`].
+    fn all_unchanged(&self, m: &Manifest, caller: &str) -> bool {
+        nothing_to_change(&self.buf, &self.view, &self.stats, m, caller)
+    }
+
+    /// The records and directory handles for the full comparison, with
+    /// the metadata read ahead.
+    fn into_applied(self) -> Result<(Applied, Dirs<'a>)> {
+        let applied = Applied::decode(&self.buf).ok_or_else(|| AgentError::State {
+            file: "applied.bin",
+            message: "damaged".into(),
+        })?;
+        let mut dirs = self.dirs;
+        dirs.seen.reserve(self.stats.len());
+        for (r, m) in self.view.recs.iter().zip(self.stats) {
+            if let (Some(k), Some(m)) = (text_at(&self.buf, r.key), m) {
+                dirs.seen.insert(k.to_owned(), m);
+            }
+        }
+        Ok((applied, dirs))
+    }
+}
+
+/// Whether the manifest asks for nothing: every entry has a record
+/// from `caller` (in `view`, parsed from `buf`) with its hash and mode, the
+/// target file is what qpm wrote (its metadata in `stats`, by record), and
+/// `caller` has no other record (nothing to delete). Both lists are sorted
+/// by key, so this is one merge, with no string built per entry. `false`
+/// is always safe: the full comparison runs then.
+fn nothing_to_change(
+    buf: &[u8],
+    view: &AppliedView,
+    stats: &[Option<Option<qpm_fs::Meta>>],
+    m: &Manifest,
+    caller: &str,
+) -> bool {
+    let recs = &view.recs;
+    let bytes = |r: Span| buf.get(r.0..r.1).unwrap_or(&[]);
+    let mut key = Vec::with_capacity(256);
+    let mut j = 0usize;
+    for e in &m.entries {
+        key.clear();
+        key.extend_from_slice(match e.tree {
+            Tree::Home => b"h:",
+            Tree::System => b"s:",
+        });
+        key.extend_from_slice(e.path.as_str().as_bytes());
+        while recs.get(j).is_some_and(|r| bytes(r.key) < key.as_slice()) {
+            j += 1;
+        }
+        let (Some(r), Some(Some(meta))) = (recs.get(j), stats.get(j)) else {
+            return false;
+        };
+        if bytes(r.key) != key.as_slice()
+            || !hex_eq(bytes(r.hash), &e.hash)
+            || u32::from(e.mode) != r.stat.mode
+            || bytes(r.source) != caller.as_bytes()
+            || !same_stat(meta.as_ref(), &r.stat)
+        {
+            return false;
+        }
+        j += 1;
+    }
+    let from_caller = recs
+        .iter()
+        .filter(|r| bytes(r.source) == caller.as_bytes())
+        .count();
+    from_caller == m.entries.len()
+}
+
 /// Most directory handles [`Dirs`] keeps open.
 const MAX_OPEN_DIRS: usize = 256;
 
@@ -1879,7 +2090,8 @@ const MAX_OPEN_DIRS: usize = 256;
 struct Dirs<'a> {
     agent: &'a Agent,
     /// `None`: the directory does not exist.
-    open: HashMap<(Tree, String), Option<Root>>,
+    /// By tree (home, system), then the directory's path.
+    open: [HashMap<String, Option<Root>>; 2],
     /// Metadata already read, by [`key`], each used once (see
     /// [`Agent::prestat`]).
     seen: HashMap<String, Option<qpm_fs::Meta>>,
@@ -1891,7 +2103,7 @@ impl<'a> Dirs<'a> {
     fn new(agent: &'a Agent) -> Self {
         Self {
             agent,
-            open: HashMap::new(),
+            open: [HashMap::new(), HashMap::new()],
             seen: HashMap::new(),
             checked: std::collections::HashSet::new(),
         }
@@ -1909,14 +2121,15 @@ impl<'a> Dirs<'a> {
     /// Metadata of `path` in `tree` without following a symlink; `None`
     /// when it or its directory does not exist.
     fn stat(&mut self, tree: Tree, path: &RelPath) -> Result<Option<qpm_fs::Meta>> {
-        let Some(parent) = path.parent() else {
+        let Some((parent, name)) = path.as_str().rsplit_once('/') else {
             return Ok(self.agent.tree_root(tree).metadata(path)?);
         };
-        let k = (tree, parent.as_str().to_owned());
-        if !self.open.contains_key(&k) {
-            if self.open.len() >= MAX_OPEN_DIRS {
+        let t = usize::from(tree == Tree::System);
+        if !self.open.get(t).is_some_and(|o| o.contains_key(parent)) {
+            let parent = rel(parent)?;
+            if self.open.iter().map(HashMap::len).sum::<usize>() >= MAX_OPEN_DIRS {
                 // Bounded descriptors whatever the manifest's order.
-                self.open.clear();
+                self.open.iter_mut().for_each(HashMap::clear);
             }
             let troot = self.agent.tree_root(tree);
             let policy = self.agent.dir_policy(tree);
@@ -1949,10 +2162,12 @@ impl<'a> Dirs<'a> {
                     }
                 }
             };
-            self.open.insert(k.clone(), h);
+            if let Some(o) = self.open.get_mut(t) {
+                o.insert(parent.as_str().to_owned(), h);
+            }
         }
-        match self.open.get(&k) {
-            Some(Some(d)) => Ok(d.metadata(&rel(path.file_name())?)?),
+        match self.open.get(t).and_then(|o| o.get(parent)) {
+            Some(Some(d)) => Ok(d.metadata_name(name)?),
             _ => Ok(None),
         }
     }
@@ -2037,6 +2252,103 @@ mod tests {
         let mut long = b;
         long.push(0);
         assert!(Applied::decode(&long).is_none());
+    }
+
+    #[test]
+    fn no_change_merge_matches_only_what_the_full_comparison_skips() {
+        let meta = |ino: u64| qpm_fs::Meta {
+            kind: FKind::File,
+            size: 12,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            nlink: 1,
+            dev: 2049,
+            ino,
+            mtime_ns: 5,
+            ctime_ns: 6,
+        };
+        let rec = |ino: u64, source: &str| Record {
+            hash: hash_hex(&[ino as u8; 32]),
+            size: 12,
+            mode: 0o644,
+            source: source.into(),
+            persist: 0,
+            dev: 2049,
+            ino,
+            mtime_ns: 5,
+            ctime_ns: 6,
+        };
+        let entry = |tree: Tree, path: &str, ino: u64| proto::Entry {
+            tree,
+            flags: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 12,
+            hash: [ino as u8; 32],
+            path: RelPath::new(path).unwrap(),
+        };
+        let mut a = Applied::default();
+        a.files.insert("h:a/x".into(), rec(1, "cfg"));
+        a.files.insert("h:b".into(), rec(2, "cfg"));
+        a.files.insert("h:c".into(), rec(3, "other"));
+        a.files.insert("s:etc/y".into(), rec(4, "cfg"));
+        let buf = a.encode();
+        let view = AppliedView::parse(&buf).unwrap();
+        let keys: Vec<_> = a.files.keys().cloned().collect();
+        assert_eq!(keys, ["h:a/x", "h:b", "h:c", "s:etc/y"]);
+        let all = vec![
+            Some(Some(meta(1))),
+            Some(Some(meta(2))),
+            Some(Some(meta(3))),
+            Some(Some(meta(4))),
+        ];
+        let manifest = |entries: Vec<proto::Entry>| Manifest {
+            kind: proto::Kind::Sync,
+            source: "cfg".into(),
+            entries,
+        };
+        let same = manifest(vec![
+            entry(Tree::Home, "a/x", 1),
+            entry(Tree::Home, "b", 2),
+            entry(Tree::System, "etc/y", 4),
+        ]);
+        assert!(nothing_to_change(&buf, &view, &all, &same, "cfg"));
+        // Another caller's records are its own.
+        assert!(!nothing_to_change(&buf, &view, &all, &same, "other"));
+        // A record of the caller the manifest leaves out is a deletion.
+        let fewer = manifest(vec![entry(Tree::Home, "a/x", 1), entry(Tree::Home, "b", 2)]);
+        assert!(!nothing_to_change(&buf, &view, &all, &fewer, "cfg"));
+        // New content, a new file, a file held by another source.
+        let mut changed = manifest(vec![
+            entry(Tree::Home, "a/x", 1),
+            entry(Tree::Home, "b", 9),
+            entry(Tree::System, "etc/y", 4),
+        ]);
+        assert!(!nothing_to_change(&buf, &view, &all, &changed, "cfg"));
+        changed.entries[1] = entry(Tree::Home, "bb", 2);
+        assert!(!nothing_to_change(&buf, &view, &all, &changed, "cfg"));
+        changed.entries[1] = entry(Tree::Home, "c", 3);
+        assert!(!nothing_to_change(&buf, &view, &all, &changed, "cfg"));
+        // A mode change.
+        let mut mode = manifest(same.entries.clone());
+        mode.entries[0].mode = 0o600;
+        assert!(!nothing_to_change(&buf, &view, &all, &mode, "cfg"));
+        // The target edited locally (stat differs), gone, or not read ahead
+        // (its directory failed a check).
+        for st in [Some(Some(meta(7))), Some(None), None] {
+            let mut s = all.clone();
+            s[3] = st;
+            assert!(!nothing_to_change(&buf, &view, &s, &same, "cfg"));
+        }
+        // Out of order: no merge, the full comparison decides.
+        let unsorted = manifest(vec![
+            entry(Tree::Home, "b", 2),
+            entry(Tree::Home, "a/x", 1),
+            entry(Tree::System, "etc/y", 4),
+        ]);
+        assert!(!nothing_to_change(&buf, &view, &all, &unsorted, "cfg"));
     }
 
     proptest::proptest! {
