@@ -94,7 +94,8 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>, Error> {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+/// Replaces `path` with `data`: a temporary file beside it, `fsync`, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp).map_err(io(&tmp))?;

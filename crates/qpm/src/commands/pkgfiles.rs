@@ -170,7 +170,7 @@ pub(crate) fn plan(dir: &Path, m: &PkgManifest, state: Option<&Path>) -> Result<
         let mut listed = BTreeSet::new();
         for e in &manifest.entries {
             let k = key(e.tree, e.path.as_str());
-            let want = format!("{} {:o}", hex(&e.hash), e.mode);
+            let want = recorded(e);
             let change = match old.and_then(|o| o.files.get(&k)) {
                 None => "new",
                 Some(v) if v.split(' ').next() != want.split(' ').next() => "modified",
@@ -305,7 +305,7 @@ impl FilesPlan {
                             .insert(t.qube.clone(), record_of(t, o.code == Code::Queued));
                     }
                     let said = describe(&t.qube, &o);
-                    row["result"] = json!(code_name(o.code));
+                    row["result"] = json!(o.code);
                     row["written"] = json!(o.written);
                     row["deleted"] = json!(o.deleted);
                     row["conflicts"] = json!(o.conflicts);
@@ -371,11 +371,14 @@ impl FilesPlan {
             };
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.record)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))
+        qpm_pkg::journal::write_atomic(file, &serde_json::to_vec_pretty(&self.record)?)?;
+        Ok(())
     }
+}
+
+/// What the record keeps of a delivered file: `HASH MODE`.
+fn recorded(e: &qpm_sync::proto::Entry) -> String {
+    format!("{} {:o}", hex::encode(e.hash), e.mode)
 }
 
 fn record_of(t: &Target, queued: bool) -> QubeRecord {
@@ -386,22 +389,9 @@ fn record_of(t: &Target, queued: bool) -> QubeRecord {
             .manifest
             .entries
             .iter()
-            .map(|e| {
-                (
-                    key(e.tree, e.path.as_str()),
-                    format!("{} {:o}", hex(&e.hash), e.mode),
-                )
-            })
+            .map(|e| (key(e.tree, e.path.as_str()), recorded(e)))
             .collect(),
     }
-}
-
-fn hex(h: &[u8; 32]) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn code_name(c: Code) -> String {
-    format!("{c:?}").to_lowercase()
 }
 
 fn describe(qube: &str, o: &Outcome) -> String {
@@ -536,12 +526,7 @@ fn entry_of(k: &str, v: &str) -> Option<qpm_sync::proto::Entry> {
     };
     let (h, mode) = v.split_once(' ')?;
     let mut hash = [0u8; 32];
-    if h.len() != 64 {
-        return None;
-    }
-    for (i, b) in hash.iter_mut().enumerate() {
-        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(h, &mut hash).ok()?;
     Some(qpm_sync::proto::Entry {
         tree,
         flags: 0,
