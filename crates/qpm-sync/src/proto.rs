@@ -153,13 +153,6 @@ pub enum Kind {
     Check = 5,
 }
 
-impl Kind {
-    /// Whether the request pushes files (a sync, plain or of a set).
-    pub fn is_sync(self) -> bool {
-        matches!(self, Kind::Sync | Kind::SyncSet)
-    }
-}
-
 /// One file of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -785,7 +778,6 @@ mod tests {
             entries: vec![entry("a")],
         };
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
-        assert!(m.kind.is_sync() && Kind::Sync.is_sync() && !Kind::Status.is_sync());
         m.source.clear();
         assert!(Manifest::decode(&m.encode()).is_err());
         m.kind = Kind::Sync;
