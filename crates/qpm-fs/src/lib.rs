@@ -217,23 +217,41 @@ impl RelPath {
         if s.starts_with('/') {
             return Err(bad("absolute"));
         }
-        if s.chars().any(|c| c.is_control()) {
+        // Over the bytes (this runs for every entry of every manifest):
+        // control characters first (C0 and DEL, and C1 as `C2 80`..`C2 9F`
+        // in UTF-8: `char::is_control`), then the components.
+        let b = s.as_bytes();
+        let control = |(i, &c): (usize, &u8)| {
+            c < 0x20
+                || c == 0x7f
+                || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+        };
+        if b.iter().enumerate().any(control) {
             return Err(bad("control character"));
         }
-        let mut depth = 0usize;
-        for comp in s.split('/') {
-            depth = depth.saturating_add(1);
-            match comp {
-                "" => return Err(bad("empty component")),
-                "." | ".." => return Err(bad("dot component")),
-                c if c.len() > MAX_NAME_BYTES => return Err(bad("component too long")),
-                _ => {}
+        let mut depth = 1usize;
+        let mut start = 0usize;
+        for (i, &c) in b.iter().enumerate() {
+            if c == b'/' {
+                Self::check_component(b.get(start..i).unwrap_or_default()).map_err(bad)?;
+                depth += 1;
+                start = i + 1;
             }
         }
+        Self::check_component(b.get(start..).unwrap_or_default()).map_err(bad)?;
         if depth > MAX_DEPTH {
             return Err(bad("too deep"));
         }
         Ok(())
+    }
+
+    fn check_component(c: &[u8]) -> std::result::Result<(), &'static str> {
+        match c {
+            b"" => Err("empty component"),
+            b"." | b".." => Err("dot component"),
+            c if c.len() > MAX_NAME_BYTES => Err("component too long"),
+            _ => Ok(()),
+        }
     }
 
     /// The path as a string (unescaped: do not print it to a terminal as is).
@@ -248,7 +266,7 @@ impl RelPath {
 
     /// Number of components.
     pub fn depth(&self) -> usize {
-        self.components().count()
+        self.0.bytes().filter(|&b| b == b'/').count() + 1
     }
 
     /// The parent path, `None` for a single component.
@@ -261,13 +279,51 @@ impl RelPath {
         self.0.rsplit_once('/').map_or(self.0.as_str(), |(_, n)| n)
     }
 
-    /// `self/other`, validated again (length and depth).
+    /// `self/other`, validated again (length and depth: the components of
+    /// both are valid already).
     pub fn join(&self, other: &Self) -> Result<Self> {
-        let mut s = String::with_capacity(self.0.len() + 1 + other.0.len());
+        self.joined(&other.0, self.depth() + other.depth())
+    }
+
+    /// `self/name` for one file name (e.g. from a directory listing),
+    /// checked as a component and for length and depth.
+    pub fn join_name(&self, name: &str) -> Result<Self> {
+        let bad = |reason| Error::InvalidPath {
+            path: esc(name.get(..name.len().min(200)).unwrap_or("")),
+            reason,
+        };
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(bad("not a single file name"));
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(bad("component too long"));
+        }
+        if name.contains('/') {
+            return Err(bad("not a single file name"));
+        }
+        if name.chars().any(|c| c.is_control()) {
+            return Err(bad("control character"));
+        }
+        self.joined(name, self.depth() + 1)
+    }
+
+    fn joined(&self, rest: &str, depth: usize) -> Result<Self> {
+        let len = self.0.len() + 1 + rest.len();
+        if len > MAX_PATH_BYTES || depth > MAX_DEPTH {
+            let shown: String = format!("{}/{rest}", self.0).chars().take(200).collect();
+            return Err(Error::InvalidPath {
+                path: esc(&shown),
+                reason: if len > MAX_PATH_BYTES {
+                    "too long"
+                } else {
+                    "too deep"
+                },
+            });
+        }
+        let mut s = String::with_capacity(len);
         s.push_str(&self.0);
         s.push('/');
-        s.push_str(&other.0);
-        Self::check(&s)?;
+        s.push_str(rest);
         Ok(Self(s))
     }
 
@@ -351,6 +407,40 @@ fn meta_from(st: &rustix::fs::Stat) -> Meta {
         ino: st.st_ino as u64,
         mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
         ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+    }
+}
+
+/// A directory listing in one buffer, filled by [`Root::list`] and reused
+/// from one directory to the next.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The names, one after the other.
+    names: Vec<u8>,
+    /// Start and length in `names`, and kind, sorted by name.
+    ents: Vec<(usize, usize, Kind)>,
+    /// What `getdents` fills.
+    buf: Vec<u8>,
+}
+
+impl Listing {
+    /// Bytes read from the directory per system call.
+    const BUF: usize = 32 * 1024;
+
+    /// The entries: raw name (not necessarily UTF-8) and kind, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Kind)> {
+        self.ents.iter().map(|&(start, len, kind)| {
+            (self.names.get(start..start + len).unwrap_or_default(), kind)
+        })
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.ents.len()
+    }
+
+    /// Whether the directory was empty.
+    pub fn is_empty(&self) -> bool {
+        self.ents.is_empty()
     }
 }
 
@@ -803,6 +893,48 @@ impl Root {
             .into_iter()
             .map(|(n, k)| (String::from_utf8_lossy(&n).into_owned(), k))
             .collect())
+    }
+
+    /// Lists this directory into `out` (names and kinds, sorted by name,
+    /// without `.` and `..`), reading through this handle itself: no second
+    /// descriptor and no allocation per entry. Takes `&mut self` because
+    /// the listing moves the handle's position (it is rewound first).
+    pub fn list(&mut self, out: &mut Listing) -> Result<()> {
+        out.names.clear();
+        out.ents.clear();
+        if out.buf.capacity() < Listing::BUF {
+            out.buf.reserve(Listing::BUF);
+        }
+        let shown = self.shown(".");
+        rustix::fs::seek(&self.fd, rustix::fs::SeekFrom::Start(0))
+            .map_err(|e| io_err("read dir", &shown, e))?;
+        let mut dir = rustix::fs::RawDir::new(self.fd.as_fd(), out.buf.spare_capacity_mut());
+        while let Some(ent) = dir.next() {
+            let ent = ent.map_err(|e| io_err("read dir", &shown, e))?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = match ent.file_type() {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                FileType::Unknown => {
+                    match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => meta_from(&st).kind,
+                        Err(_) => Kind::Other,
+                    }
+                }
+                _ => Kind::Other,
+            };
+            let start = out.names.len();
+            out.names.extend_from_slice(name);
+            out.ents.push((start, name.len(), kind));
+        }
+        let names = &out.names;
+        out.ents
+            .sort_unstable_by(|a, b| names.get(a.0..a.0 + a.1).cmp(&names.get(b.0..b.0 + b.1)));
+        Ok(())
     }
 
     fn read_dir_raw(&self, rel: Option<&RelPath>) -> Result<Vec<(Vec<u8>, Kind)>> {

@@ -217,6 +217,99 @@ fn open_dir_is_a_new_root() {
     assert!(r.open_dir(&rp("root")).is_err());
 }
 
+#[test]
+fn join_name_takes_one_safe_component_within_the_limits() {
+    let p = rp("a/b");
+    assert_eq!(p.join_name("c.conf").unwrap().as_str(), "a/b/c.conf");
+    for bad in ["", ".", "..", "c/d", "c\0", "c\n", "\u{1b}"] {
+        assert!(p.join_name(bad).is_err(), "{bad:?} accepted");
+    }
+    assert!(p.join_name(&"x".repeat(MAX_NAME_BYTES + 1)).is_err());
+    let deep = rp(&"a/".repeat(MAX_DEPTH - 2).add_last());
+    assert_eq!(deep.depth(), MAX_DEPTH - 1);
+    assert!(deep.join_name("x").is_ok());
+    assert!(deep.join_name("x").unwrap().join_name("y").is_err());
+    assert!(deep.join(&rp("x/y")).is_err());
+    let long = rp(&vec!["n".repeat(200); 5].join("/"));
+    assert!(long.join_name(&"m".repeat(30)).is_err());
+    assert!(long.join(&rp(&"m".repeat(30))).is_err());
+}
+
+#[test]
+fn list_reads_through_the_handle_and_again_from_the_start() {
+    let (d, r) = root();
+    std::fs::create_dir_all(d.path().join("dir/sub")).unwrap();
+    for i in (0..600).rev() {
+        std::fs::write(
+            d.path().join(format!("dir/file-{i:04}-{}", "x".repeat(40))),
+            "",
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("/etc", d.path().join("dir/link")).unwrap();
+    std::fs::write(d.path().join("dir/\u{e9}"), "").unwrap();
+    let mut dir = r.open_dir(&rp("dir")).unwrap();
+    let mut l = Listing::default();
+    for _ in 0..2 {
+        dir.list(&mut l).unwrap();
+        assert_eq!(l.len(), 603);
+        let names: Vec<(String, Kind)> = l
+            .iter()
+            .map(|(n, k)| (String::from_utf8(n.to_vec()).unwrap(), k))
+            .collect();
+        assert_eq!(names[0].0, format!("file-0000-{}", "x".repeat(40)));
+        assert_eq!(names[599].0, format!("file-0599-{}", "x".repeat(40)));
+        assert_eq!(names[600], ("link".to_owned(), Kind::Symlink));
+        assert_eq!(names[601], ("sub".to_owned(), Kind::Dir));
+        assert_eq!(names[602], ("\u{e9}".to_owned(), Kind::File));
+        assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+    // The same listing, reused for another directory.
+    let mut sub = dir.open_dir(&rp("sub")).unwrap();
+    sub.list(&mut l).unwrap();
+    assert!(l.is_empty());
+    // Files are still `stat`ed relative to the listed handle.
+    assert_eq!(
+        dir.metadata_name("link").unwrap().unwrap().kind,
+        Kind::Symlink
+    );
+}
+
+/// The checks of `RelPath::new` as first written (char by char, then
+/// component by component): the oracle for the byte-wise version.
+fn plain_check(s: &str) -> std::result::Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("empty");
+    }
+    if s.len() > MAX_PATH_BYTES {
+        return Err("too long");
+    }
+    if s.starts_with('/') {
+        return Err("absolute");
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err("control character");
+    }
+    let mut depth = 0usize;
+    for comp in s.split('/') {
+        depth += 1;
+        match comp {
+            "" => return Err("empty component"),
+            "." | ".." => return Err("dot component"),
+            c if c.len() > MAX_NAME_BYTES => return Err("component too long"),
+            _ => {}
+        }
+    }
+    if depth > MAX_DEPTH {
+        return Err("too deep");
+    }
+    Ok(())
+}
+
+fn rp_unchecked(s: &str) -> RelPath {
+    RelPath(s.to_owned())
+}
+
 proptest::proptest! {
     #[test]
     fn relpath_accepts_only_safe_shapes(s in "\\PC{0,40}") {
@@ -226,6 +319,14 @@ proptest::proptest! {
                 proptest::prop_assert!(!c.is_empty() && c != "." && c != "..");
             }
         }
+    }
+
+    #[test]
+    fn relpath_checks_agree_with_the_plain_reading(s in "([a./\\x00-\\x1f\\x7f\\u{80}-\\u{a0}\\u{e9}]|\\.\\.){0,12}") {
+        proptest::prop_assert_eq!(
+            RelPath::new(&s).map_err(|e| e.to_string()),
+            plain_check(&s).map(|()| rp_unchecked(&s)).map_err(|r| Error::InvalidPath { path: esc(&s), reason: r }.to_string())
+        );
     }
 
     #[test]
