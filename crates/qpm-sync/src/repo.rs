@@ -271,6 +271,7 @@ impl Repo {
     /// are refused).
     pub fn items_for(&self, qube: &str, tags: &[String]) -> Result<Vec<Item>> {
         let mut out: Vec<Item> = Vec::new();
+        let mut listing = qpm_fs::Listing::default();
         for m in &self.mappings {
             let hit = m.to.iter().any(|t| match t.strip_prefix("@tag:") {
                 Some(tag) => tags.iter().any(|x| x == tag),
@@ -286,21 +287,31 @@ impl Repo {
             match meta.kind {
                 FKind::File => out.push(self.item(m, m.src.clone(), m.dest.clone(), meta)),
                 FKind::Dir => {
-                    // One handle per directory; every entry is `stat`ed
-                    // once, relative to it.
-                    let mut stack = vec![(None::<RelPath>, self.root.open_dir(&m.src)?)];
-                    while let Some((sub, dir)) = stack.pop() {
-                        for (name, kind) in dir.read_dir(None)? {
-                            let name_rel = RelPath::new(&name)?;
-                            let child = match &sub {
-                                None => name_rel.clone(),
-                                Some(s) => s.join(&name_rel)?,
+                    // One handle per directory, listed through itself;
+                    // every entry is `stat`ed once, relative to it. Each
+                    // directory carries its source and destination paths.
+                    let mut stack =
+                        vec![(m.src.clone(), m.dest.clone(), self.root.open_dir(&m.src)?)];
+                    while let Some((src_dir, dest_dir, mut dir)) = stack.pop() {
+                        dir.list(&mut listing)?;
+                        for (raw, kind) in listing.iter() {
+                            let Ok(name) = std::str::from_utf8(raw) else {
+                                return Err(RepoError::Map {
+                                    file: MAP_FILE.into(),
+                                    message: format!(
+                                        "`{src_dir}/{}` is not a UTF-8 name; only UTF-8 names are synced",
+                                        String::from_utf8_lossy(raw).escape_debug()
+                                    ),
+                                });
                             };
+                            let src = src_dir.join_name(name)?;
                             match kind {
-                                FKind::Dir => stack.push((Some(child), dir.open_dir(&name_rel)?)),
+                                FKind::Dir => {
+                                    let d = dir.open_dir(&RelPath::new(name)?)?;
+                                    stack.push((src, dest_dir.join_name(name)?, d));
+                                }
                                 FKind::File => {
-                                    let src = m.src.join(&child)?;
-                                    let Some(meta) = dir.metadata(&name_rel)? else {
+                                    let Some(meta) = dir.metadata_name(name)? else {
                                         continue;
                                     };
                                     if meta.kind != FKind::File {
@@ -309,18 +320,13 @@ impl Repo {
                                             message: format!("`{src}` changed while listing"),
                                         });
                                     }
-                                    out.push(self.item(m, src, m.dest.join(&child)?, meta));
+                                    out.push(self.item(m, src, dest_dir.join_name(name)?, meta));
                                 }
                                 _ => {
                                     return Err(RepoError::Map {
                                         file: MAP_FILE.into(),
                                         message: format!(
-                                            "`{}/{}` is a symlink or special file; only regular files are synced",
-                                            match &sub {
-                                                None => m.src.clone(),
-                                                Some(s) => m.src.join(s)?,
-                                            },
-                                            name.escape_debug()
+                                            "`{src}` is a symlink or special file; only regular files are synced"
                                         ),
                                     });
                                 }
@@ -336,7 +342,7 @@ impl Repo {
                 }
             }
         }
-        out.sort_by(|a, b| (a.tree, a.dest.as_str()).cmp(&(b.tree, b.dest.as_str())));
+        out.sort_unstable_by(|a, b| (a.tree, a.dest.as_str()).cmp(&(b.tree, b.dest.as_str())));
         for w in out.windows(2) {
             if let [a, b] = w {
                 if a.tree == b.tree && a.dest == b.dest {
@@ -396,6 +402,38 @@ mod tests {
         );
         assert_eq!(dev[1].mode, 0o640);
         assert!(r.items_for("nobody", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_that_cannot_be_synced_are_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("app/sub")).unwrap();
+        std::fs::write(d.path().join("app/sub/ok.conf"), "a").unwrap();
+        std::fs::write(
+            d.path().join(MAP_FILE),
+            "[[file]]\nsrc = \"app\"\ndest = \"~/.config/app\"\nto = [\"work\"]\n",
+        )
+        .unwrap();
+        let r = Repo::load(d.path()).unwrap();
+        let items = r.items_for("work", &[]).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].src.as_str(), "app/sub/ok.conf");
+        assert_eq!(items[0].display(), "~/.config/app/sub/ok.conf");
+        let bad = d
+            .path()
+            .join("app/sub")
+            .join(std::ffi::OsStr::from_bytes(b"x\xff.conf"));
+        std::fs::write(&bad, "b").unwrap();
+        let e = r.items_for("work", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("app/sub/x\u{fffd}.conf") && e.contains("not a UTF-8 name"),
+            "{e}"
+        );
+        std::fs::remove_file(&bad).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("app/sub/link")).unwrap();
+        let e = r.items_for("work", &[]).unwrap_err().to_string();
+        assert!(e.contains("`app/sub/link` is a symlink"), "{e}");
     }
 
     #[test]

@@ -187,12 +187,22 @@ const CACHE_ENTRY_FIXED: usize = 2 + 8 + 16 + 16 + 8 + 32;
 /// Stat cache of repository file hashes (`hash-cache.bin` in the sender's
 /// state directory): `QPMC`, version `u16` (1), count `u32`, then per
 /// file its path length `u16`, path, size `u64`, mtime and ctime (`i128`
-/// nanoseconds), inode `u64` and BLAKE3 (32 bytes), big-endian. A damaged
-/// or missing file is an empty cache (every file is hashed again).
+/// nanoseconds), inode `u64` and BLAKE3 (32 bytes), big-endian; written
+/// sorted by path. A damaged or missing file is an empty cache (every file
+/// is hashed again).
+///
+/// Loading it is one read and one pass over the buffer: the entries stay
+/// where they are and are found by binary search, so a push with nothing
+/// to hash allocates nothing per file.
 #[derive(Debug, Default)]
 pub struct HashCache {
-    files: std::collections::HashMap<String, CacheEntry>,
-    dirty: bool,
+    /// The file as read.
+    buf: Vec<u8>,
+    /// Path start and length in `buf` of each entry (its fixed part
+    /// follows the path), sorted by path.
+    index: Vec<(usize, usize)>,
+    /// Entries hashed in this run (they replace those in `buf`).
+    fresh: std::collections::BTreeMap<String, CacheEntry>,
 }
 
 impl HashCache {
@@ -205,44 +215,94 @@ impl HashCache {
         RelPath::new(Self::FILE)
             .ok()
             .and_then(|p| state.read_limited(&p, Self::MAX_BYTES).ok())
-            .and_then(|b| Self::decode(&b))
+            .and_then(Self::decode)
             .unwrap_or_default()
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
-        let mut c = b.strip_prefix(b"QPMC\x00\x01")?;
+    fn decode(buf: Vec<u8>) -> Option<Self> {
+        let b = buf.as_slice();
+        let count = b
+            .strip_prefix(b"QPMC\x00\x01")
+            .and_then(|c| c.first_chunk::<4>())
+            .map(|c| u32::from_be_bytes(*c))?;
+        let mut at = 10usize;
+        let mut index = Vec::with_capacity((count as usize).min(b.len() / CACHE_ENTRY_FIXED));
+        for _ in 0..count {
+            let plen = usize::from(u16::from_be_bytes(*b.get(at..)?.first_chunk::<2>()?));
+            let path = at.checked_add(2)?;
+            std::str::from_utf8(b.get(path..path.checked_add(plen)?)?).ok()?;
+            index.push((path, plen));
+            at = path + plen + CACHE_ENTRY_FIXED - 2;
+        }
+        if at != b.len() {
+            return None;
+        }
+        let path = |&(s, l): &(usize, usize)| b.get(s..s + l).unwrap_or_default();
+        // Files written before the cache was kept sorted are in any order.
+        if !index.is_sorted_by(|x, y| path(x) < path(y)) {
+            index.sort_unstable_by(|x, y| path(x).cmp(path(y)));
+            if index.windows(2).any(|w| path(&w[0]) == path(&w[1])) {
+                return None;
+            }
+        }
+        Some(Self {
+            buf,
+            index,
+            fresh: Default::default(),
+        })
+    }
+
+    /// The entry stored for `path`.
+    fn get(&self, path: &str) -> Option<CacheEntry> {
+        if let Some(e) = self.fresh.get(path) {
+            return Some(e.clone());
+        }
+        let at = |&(s, l): &(usize, usize)| self.buf.get(s..s + l).unwrap_or_default();
+        let i = self
+            .index
+            .binary_search_by(|x| at(x).cmp(path.as_bytes()))
+            .ok()?;
+        let &(s, l) = self.index.get(i)?;
+        Self::fixed(self.buf.get(s + l..)?)
+    }
+
+    /// The fixed part of an entry at the start of `b`.
+    fn fixed(b: &[u8]) -> Option<CacheEntry> {
+        let mut c = b;
         let mut take = |n: usize| -> Option<&[u8]> {
             let (a, rest) = c.split_at_checked(n)?;
             c = rest;
             Some(a)
         };
-        let count = u32::from_be_bytes(take(4)?.try_into().ok()?);
-        let mut files = std::collections::HashMap::with_capacity(
-            (count as usize).min(b.len() / CACHE_ENTRY_FIXED),
-        );
-        for _ in 0..count {
-            let plen = usize::from(u16::from_be_bytes(take(2)?.try_into().ok()?));
-            let path = std::str::from_utf8(take(plen)?).ok()?.to_owned();
-            let e = CacheEntry {
-                size: u64::from_be_bytes(take(8)?.try_into().ok()?),
-                mtime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
-                ctime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
-                ino: u64::from_be_bytes(take(8)?.try_into().ok()?),
-                hash: take(32)?.try_into().ok()?,
-            };
-            files.insert(path, e);
-        }
-        c.is_empty().then_some(Self {
-            files,
-            dirty: false,
+        Some(CacheEntry {
+            size: u64::from_be_bytes(take(8)?.try_into().ok()?),
+            mtime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
+            ctime_ns: i128::from_be_bytes(take(16)?.try_into().ok()?),
+            ino: u64::from_be_bytes(take(8)?.try_into().ok()?),
+            hash: take(32)?.try_into().ok()?,
         })
     }
 
+    /// Every entry, sorted by path.
+    fn entries(&self) -> Vec<(String, CacheEntry)> {
+        let mut all: std::collections::BTreeMap<String, CacheEntry> = self
+            .index
+            .iter()
+            .filter_map(|&(s, l)| {
+                let p = std::str::from_utf8(self.buf.get(s..s + l)?).ok()?;
+                Some((p.to_owned(), Self::fixed(self.buf.get(s + l..)?)?))
+            })
+            .collect();
+        all.extend(self.fresh.iter().map(|(p, e)| (p.clone(), e.clone())));
+        all.into_iter().collect()
+    }
+
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(10 + self.files.len() * (CACHE_ENTRY_FIXED + 48));
+        let all = self.entries();
+        let mut out = Vec::with_capacity(10 + all.len() * (CACHE_ENTRY_FIXED + 48));
         out.extend_from_slice(b"QPMC\x00\x01");
-        out.extend_from_slice(&(self.files.len() as u32).to_be_bytes());
-        for (p, e) in &self.files {
+        out.extend_from_slice(&(all.len() as u32).to_be_bytes());
+        for (p, e) in &all {
             let pb = p.as_bytes();
             out.extend_from_slice(&(pb.len() as u16).to_be_bytes());
             out.extend_from_slice(pb);
@@ -258,7 +318,7 @@ impl HashCache {
     /// Saves the cache if it changed (not fsynced: a lost cache only
     /// costs hashing again).
     pub fn save(&self, state: &Root) -> Result<()> {
-        if self.dirty {
+        if !self.fresh.is_empty() {
             let mut t = state.create_temp(None, 0o600)?;
             t.write_all(&self.encode())?;
             t.persist_as(Self::FILE)?;
@@ -286,7 +346,7 @@ impl HashCache {
                     path: src.to_string(),
                 })?,
         };
-        if let Some(c) = self.files.get(src.as_str()) {
+        if let Some(c) = self.get(src.as_str()) {
             if c.size == m.size
                 && c.mtime_ns == m.mtime_ns
                 && c.ctime_ns == m.ctime_ns
@@ -297,7 +357,7 @@ impl HashCache {
         }
         let data = repo.read_limited(src, proto::MAX_FILE_SIZE)?;
         let h = *blake3::hash(&data).as_bytes();
-        self.files.insert(
+        self.fresh.insert(
             src.as_str().to_owned(),
             CacheEntry {
                 size: data.len() as u64,
@@ -307,7 +367,6 @@ impl HashCache {
                 hash: h,
             },
         );
-        self.dirty = true;
         Ok((data.len() as u64, h))
     }
 }
@@ -365,8 +424,6 @@ pub fn push<W: Write>(
         qube: qube.into(),
         source: e,
     };
-    // Frames are small: batch them into few pipe writes.
-    let mut w = std::io::BufWriter::with_capacity(256 * 1024, w);
     let enc = m.encode();
     if enc.len() > proto::MAX_MANIFEST_BYTES as usize || m.entries.len() > proto::MAX_FILES as usize
     {
@@ -375,8 +432,12 @@ pub fn push<W: Write>(
             message: "manifest over the protocol limits".into(),
         });
     }
+    // The manifest goes straight to the channel (it is one large frame);
+    // the data frames that may follow are small: batched into few writes.
+    let mut w = w;
     proto::write_frame(&mut w, frame::MANIFEST, &enc).map_err(perr)?;
     w.flush().map_err(|e| perr(e.into()))?;
+    drop(enc);
     let (t, len) = proto::read_header(r)
         .map_err(perr)?
         .ok_or_else(|| perr(proto::ProtoError::Truncated { what: "reply" }))?;
@@ -396,6 +457,7 @@ pub fn push<W: Write>(
     }
     let b = proto::read_payload(r, len, "need list", proto::MAX_REPLY_BYTES).map_err(perr)?;
     let need = proto::decode_need(&b, m.entries.len() as u32).map_err(perr)?;
+    let mut w = std::io::BufWriter::with_capacity(256 * 1024, w);
     let mut buf = Vec::new();
     for i in need {
         let (Some(e), Some(it)) = (m.entries.get(i as usize), items.get(i as usize)) else {
@@ -908,26 +970,64 @@ mod tests {
 
     #[test]
     fn hash_cache_roundtrip_and_damage() {
+        let entry = |n: u8| CacheEntry {
+            size: u64::from(n),
+            mtime_ns: -5,
+            ctime_ns: 1 << 70,
+            ino: 9,
+            hash: [n; 32],
+        };
         let mut c = HashCache::default();
-        c.files.insert(
-            "a/b".into(),
-            CacheEntry {
-                size: 3,
-                mtime_ns: -5,
-                ctime_ns: 1 << 70,
-                ino: 9,
-                hash: [7; 32],
-            },
-        );
+        for (p, n) in [("b", 1), ("a/b", 2), ("a", 3), ("\u{e9}t\u{e9}", 4)] {
+            c.fresh.insert(p.into(), entry(n));
+        }
         let b = c.encode();
-        let d = HashCache::decode(&b).unwrap();
-        assert_eq!(d.files, c.files);
+        let d = HashCache::decode(b.clone()).unwrap();
+        assert_eq!(d.entries(), c.entries());
+        assert!(d.fresh.is_empty());
+        for (p, n) in [("b", 1), ("a/b", 2), ("a", 3), ("\u{e9}t\u{e9}", 4)] {
+            assert_eq!(d.get(p), Some(entry(n)), "{p}");
+        }
+        assert_eq!(d.get("a/c"), None);
+        assert_eq!(d.get(""), None);
         for n in 0..b.len() {
-            assert!(HashCache::decode(&b[..n]).is_none(), "truncated at {n}");
+            assert!(
+                HashCache::decode(b[..n].to_vec()).is_none(),
+                "truncated at {n}"
+            );
         }
         let mut long = b;
         long.push(0);
-        assert!(HashCache::decode(&long).is_none());
+        assert!(HashCache::decode(long).is_none());
+    }
+
+    #[test]
+    fn hash_cache_reads_unsorted_files_and_refuses_duplicates() {
+        // Written in any order (as before the cache was kept sorted).
+        let rec = |p: &str, n: u8| {
+            let mut v = (p.len() as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(p.as_bytes());
+            v.extend_from_slice(&u64::from(n).to_be_bytes());
+            v.extend_from_slice(&0i128.to_be_bytes());
+            v.extend_from_slice(&0i128.to_be_bytes());
+            v.extend_from_slice(&1u64.to_be_bytes());
+            v.extend_from_slice(&[n; 32]);
+            v
+        };
+        let file = |recs: &[(&str, u8)]| {
+            let mut v = b"QPMC\x00\x01".to_vec();
+            v.extend_from_slice(&(recs.len() as u32).to_be_bytes());
+            for (p, n) in recs {
+                v.extend(rec(p, *n));
+            }
+            v
+        };
+        let c = HashCache::decode(file(&[("z", 1), ("b/c", 2), ("b", 3)])).unwrap();
+        assert_eq!(c.get("z").map(|e| e.size), Some(1));
+        assert_eq!(c.get("b/c").map(|e| e.size), Some(2));
+        assert_eq!(c.get("b").map(|e| e.size), Some(3));
+        assert!(HashCache::decode(file(&[("b", 1), ("a", 2), ("b", 3)])).is_none());
+        assert!(HashCache::decode(file(&[("a", 1), ("a", 2)])).is_none());
     }
 
     #[test]
