@@ -2,6 +2,7 @@
 //! owns its own clap types in `commands/<group>.rs`; this file only wires
 //! them together.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -20,6 +21,43 @@ pub(crate) struct Cli {
     pub(crate) global: GlobalArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// Parses the process arguments. `qpm sync ...` (a push is meant to be
+    /// quick when nothing changed) is first parsed against the sync
+    /// commands alone, without building the rest of the command tree; help,
+    /// version and every error come from the whole tree, so they read the
+    /// same either way.
+    pub(crate) fn from_args() -> Self {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        if args.get(1).is_some_and(|a| a == "sync")
+            && let Ok(c) = SyncCli::try_parse_from(&args)
+        {
+            let SyncOnly::Sync(command) = c.command;
+            return Self {
+                global: c.global,
+                command: Command::Sync(command),
+            };
+        }
+        Self::parse_from(args)
+    }
+}
+
+/// The `sync` branch of [`Cli`] alone (see [`Cli::from_args`]).
+#[derive(Debug, Parser)]
+#[command(name = "qpm")]
+struct SyncCli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: SyncOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncOnly {
+    #[command(subcommand)]
+    Sync(commands::sync::SyncCommand),
 }
 
 /// Flags every command takes.
@@ -75,4 +113,58 @@ pub(crate) enum Command {
     /// Generate the man page or shell completions.
     #[command(hide = true)]
     Generate(commands::generate::GenerateArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_sync_parser_is_well_formed() {
+        SyncCli::command().debug_assert();
+    }
+
+    #[test]
+    fn sync_commands_parse_alike_alone_and_in_the_whole_tree() {
+        for args in [
+            "qpm sync push",
+            "qpm sync push -q q1 q2",
+            "qpm sync push --repo /r --state /s --dry-run work",
+            "qpm sync -v push --json --transport sim q",
+            "qpm sync plan --repo ~/c",
+            "qpm sync status q",
+            "qpm sync log",
+            "qpm sync capture work ~/.gitconfig --yes",
+        ] {
+            let argv: Vec<&str> = args.split(' ').collect();
+            let alone = SyncCli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{args}: {e}"));
+            let whole = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{args}: {e}"));
+            let SyncOnly::Sync(cmd) = alone.command;
+            let Command::Sync(whole_cmd) = whole.command else {
+                panic!("{args}: not a sync command in the whole tree");
+            };
+            assert_eq!(
+                format!("{:?} {cmd:?}", alone.global),
+                format!("{:?} {whole_cmd:?}", whole.global),
+                "{args}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_version_and_errors_are_left_to_the_whole_tree() {
+        for args in [
+            "qpm sync --help",
+            "qpm sync push --help",
+            "qpm sync --version",
+            "qpm sync push --bogus",
+            "qpm sync push -q -v",
+            "qpm sync",
+        ] {
+            let argv: Vec<&str> = args.split(' ').collect();
+            assert!(SyncCli::try_parse_from(&argv).is_err(), "{args}");
+        }
+    }
 }

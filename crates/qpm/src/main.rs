@@ -10,10 +10,8 @@ mod ctx;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::from_args();
     ctx::init_logging(&cli.global);
     let ctx = ctx::Ctx::new(&cli.global);
     match commands::run(cli.command, &ctx) {

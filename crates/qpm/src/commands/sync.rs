@@ -367,7 +367,7 @@ fn push(ctx: &Ctx, r: &RepoArgs, qubes: Vec<String>) -> Result<Status> {
             conflicts: o.conflicts,
             message: o.message.clone(),
         })?;
-        if !ctx.json {
+        if !ctx.json && !ctx.quiet {
             eprintln!(
                 "{q}: {} ({} written, {} deleted, {} conflict(s))",
                 o.message, o.written, o.deleted, o.conflicts
