@@ -141,10 +141,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut output = std::io::BufWriter::new(std::io::stdout().lock());
             let o = agent.serve(&mut input, &mut output)?;
             output.flush()?;
-            Ok(match o.code {
-                Code::Applied | Code::Unchanged | Code::Queued => ExitCode::SUCCESS,
-                Code::Declined | Code::Refused => ExitCode::from(1),
-                Code::Failed => ExitCode::from(2),
+            drop(output);
+            // The reply is out and nothing is left to write: the process
+            // ends here rather than freeing the agent's memory piece by
+            // piece first (the caller waits for this exit).
+            std::process::exit(match o.code {
+                Code::Applied | Code::Unchanged | Code::Queued => 0,
+                Code::Declined | Code::Refused => 1,
+                Code::Failed => 2,
             })
         }
         Command::Review { common, id, list } => {
