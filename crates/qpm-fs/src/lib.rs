@@ -416,7 +416,7 @@ fn meta_from(st: &rustix::fs::Stat) -> Meta {
 pub struct Listing {
     /// The names, one after the other.
     names: Vec<u8>,
-    /// Start and length in `names`, and kind, sorted by name.
+    /// Start and length in `names`, and kind, in path order.
     ents: Vec<(usize, usize, Kind)>,
     /// What `getdents` fills.
     buf: Vec<u8>,
@@ -426,7 +426,8 @@ impl Listing {
     /// Bytes read from the directory per system call.
     const BUF: usize = 32 * 1024;
 
-    /// The entries: raw name (not necessarily UTF-8) and kind, by name.
+    /// The entries: raw name (not necessarily UTF-8) and kind, in path
+    /// order (see [`Root::list`]).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], Kind)> {
         self.ents.iter().map(|&(start, len, kind)| {
             (self.names.get(start..start + len).unwrap_or_default(), kind)
@@ -895,8 +896,9 @@ impl Root {
             .collect())
     }
 
-    /// Lists this directory into `out` (names and kinds, sorted by name,
-    /// without `.` and `..`), reading through this handle itself: no second
+    /// Lists this directory into `out` (names and kinds, without `.` and
+    /// `..`, in path order: a directory sorts as its name followed by `/`),
+    /// reading through this handle itself: no second
     /// descriptor and no allocation per entry. Takes `&mut self` because
     /// the listing moves the handle's position (it is rewound first).
     pub fn list(&mut self, out: &mut Listing) -> Result<()> {
@@ -931,9 +933,15 @@ impl Root {
             out.names.extend_from_slice(name);
             out.ents.push((start, name.len(), kind));
         }
+        // Path order: a directory sorts as its name followed by `/`, so a
+        // depth-first walk in this order meets paths in byte order.
         let names = &out.names;
-        out.ents
-            .sort_unstable_by(|a, b| names.get(a.0..a.0 + a.1).cmp(&names.get(b.0..b.0 + b.1)));
+        let key = |&(start, len, kind): &(usize, usize, Kind)| {
+            let name = names.get(start..start + len).unwrap_or_default();
+            let slash: &[u8] = if kind == Kind::Dir { b"/" } else { b"" };
+            name.iter().chain(slash)
+        };
+        out.ents.sort_unstable_by(|a, b| key(a).cmp(key(b)));
         Ok(())
     }
 

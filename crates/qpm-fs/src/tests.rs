@@ -248,11 +248,13 @@ fn list_reads_through_the_handle_and_again_from_the_start() {
     }
     std::os::unix::fs::symlink("/etc", d.path().join("dir/link")).unwrap();
     std::fs::write(d.path().join("dir/\u{e9}"), "").unwrap();
+    std::fs::write(d.path().join("dir/sub-x"), "").unwrap();
+    std::fs::write(d.path().join("dir/sub0"), "").unwrap();
     let mut dir = r.open_dir(&rp("dir")).unwrap();
     let mut l = Listing::default();
     for _ in 0..2 {
         dir.list(&mut l).unwrap();
-        assert_eq!(l.len(), 603);
+        assert_eq!(l.len(), 605);
         let names: Vec<(String, Kind)> = l
             .iter()
             .map(|(n, k)| (String::from_utf8(n.to_vec()).unwrap(), k))
@@ -260,9 +262,19 @@ fn list_reads_through_the_handle_and_again_from_the_start() {
         assert_eq!(names[0].0, format!("file-0000-{}", "x".repeat(40)));
         assert_eq!(names[599].0, format!("file-0599-{}", "x".repeat(40)));
         assert_eq!(names[600], ("link".to_owned(), Kind::Symlink));
-        assert_eq!(names[601], ("sub".to_owned(), Kind::Dir));
-        assert_eq!(names[602], ("\u{e9}".to_owned(), Kind::File));
-        assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
+        // Path order: `sub-x` < `sub/...` < `sub0`.
+        assert_eq!(names[601], ("sub-x".to_owned(), Kind::File));
+        assert_eq!(names[602], ("sub".to_owned(), Kind::Dir));
+        assert_eq!(names[603], ("sub0".to_owned(), Kind::File));
+        assert_eq!(names[604], ("\u{e9}".to_owned(), Kind::File));
+        let path = |(n, k): &(String, Kind)| {
+            if *k == Kind::Dir {
+                format!("{n}/")
+            } else {
+                n.clone()
+            }
+        };
+        assert!(names.windows(2).all(|w| path(&w[0]) < path(&w[1])));
     }
     // The same listing, reused for another directory.
     let mut sub = dir.open_dir(&rp("sub")).unwrap();
