@@ -271,7 +271,7 @@ impl Repo {
     /// are refused).
     pub fn items_for(&self, qube: &str, tags: &[String]) -> Result<Vec<Item>> {
         let mut out: Vec<Item> = Vec::new();
-        let mut listing = qpm_fs::Listing::default();
+        let mut listings = Vec::new();
         for m in &self.mappings {
             let hit = m.to.iter().any(|t| match t.strip_prefix("@tag:") {
                 Some(tag) => tags.iter().any(|x| x == tag),
@@ -287,52 +287,8 @@ impl Repo {
             match meta.kind {
                 FKind::File => out.push(self.item(m, m.src.clone(), m.dest.clone(), meta)),
                 FKind::Dir => {
-                    // One handle per directory, listed through itself;
-                    // every entry is `stat`ed once, relative to it. Each
-                    // directory carries its source and destination paths.
-                    let mut stack =
-                        vec![(m.src.clone(), m.dest.clone(), self.root.open_dir(&m.src)?)];
-                    while let Some((src_dir, dest_dir, mut dir)) = stack.pop() {
-                        dir.list(&mut listing)?;
-                        for (raw, kind) in listing.iter() {
-                            let Ok(name) = std::str::from_utf8(raw) else {
-                                return Err(RepoError::Map {
-                                    file: MAP_FILE.into(),
-                                    message: format!(
-                                        "`{src_dir}/{}` is not a UTF-8 name; only UTF-8 names are synced",
-                                        String::from_utf8_lossy(raw).escape_debug()
-                                    ),
-                                });
-                            };
-                            let src = src_dir.join_name(name)?;
-                            match kind {
-                                FKind::Dir => {
-                                    let d = dir.open_dir(&RelPath::new(name)?)?;
-                                    stack.push((src, dest_dir.join_name(name)?, d));
-                                }
-                                FKind::File => {
-                                    let Some(meta) = dir.metadata_name(name)? else {
-                                        continue;
-                                    };
-                                    if meta.kind != FKind::File {
-                                        return Err(RepoError::Map {
-                                            file: MAP_FILE.into(),
-                                            message: format!("`{src}` changed while listing"),
-                                        });
-                                    }
-                                    out.push(self.item(m, src, dest_dir.join_name(name)?, meta));
-                                }
-                                _ => {
-                                    return Err(RepoError::Map {
-                                        file: MAP_FILE.into(),
-                                        message: format!(
-                                            "`{src}` is a symlink or special file; only regular files are synced"
-                                        ),
-                                    });
-                                }
-                            }
-                        }
-                    }
+                    let mut dir = self.root.open_dir(&m.src)?;
+                    self.walk(m, &mut dir, &m.src, &m.dest, &mut listings, 0, &mut out)?;
                 }
                 _ => {
                     return Err(RepoError::Map {
@@ -342,7 +298,13 @@ impl Repo {
                 }
             }
         }
-        out.sort_unstable_by(|a, b| (a.tree, a.dest.as_str()).cmp(&(b.tree, b.dest.as_str())));
+        // One directory mapping is walked in path order already.
+        fn key(i: &Item) -> (Tree, &str) {
+            (i.tree, i.dest.as_str())
+        }
+        if !out.is_sorted_by(|a, b| key(a) <= key(b)) {
+            out.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+        }
         for w in out.windows(2) {
             if let [a, b] = w {
                 if a.tree == b.tree && a.dest == b.dest {
@@ -354,6 +316,75 @@ impl Repo {
             }
         }
         Ok(out)
+    }
+
+    /// Adds the files below `dir` (source `src_dir`, destination
+    /// `dest_dir`) to `out`, depth first in path order, so they come out
+    /// sorted. One handle per directory, listed through itself; every entry
+    /// is `stat`ed once, relative to it. `listings[depth]` is reused from
+    /// one directory to the next; the depth is bounded by the path limits.
+    #[allow(clippy::too_many_arguments, reason = "one recursive walk's state")]
+    fn walk(
+        &self,
+        m: &Mapping,
+        dir: &mut Root,
+        src_dir: &RelPath,
+        dest_dir: &RelPath,
+        listings: &mut Vec<qpm_fs::Listing>,
+        depth: usize,
+        out: &mut Vec<Item>,
+    ) -> Result<()> {
+        if listings.len() <= depth {
+            listings.resize_with(depth + 1, Default::default);
+        }
+        let mut listing = listings
+            .get_mut(depth)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        dir.list(&mut listing)?;
+        for (raw, kind) in listing.iter() {
+            let Ok(name) = std::str::from_utf8(raw) else {
+                return Err(RepoError::Map {
+                    file: MAP_FILE.into(),
+                    message: format!(
+                        "`{src_dir}/{}` is not a UTF-8 name; only UTF-8 names are synced",
+                        String::from_utf8_lossy(raw).escape_debug()
+                    ),
+                });
+            };
+            let src = src_dir.join_name(name)?;
+            match kind {
+                FKind::Dir => {
+                    let mut sub = dir.open_dir(&RelPath::new(name)?)?;
+                    let dest = dest_dir.join_name(name)?;
+                    self.walk(m, &mut sub, &src, &dest, listings, depth + 1, out)?;
+                }
+                FKind::File => {
+                    let Some(meta) = dir.metadata_name(name)? else {
+                        continue;
+                    };
+                    if meta.kind != FKind::File {
+                        return Err(RepoError::Map {
+                            file: MAP_FILE.into(),
+                            message: format!("`{src}` changed while listing"),
+                        });
+                    }
+                    out.push(self.item(m, src, dest_dir.join_name(name)?, meta));
+                }
+                _ => {
+                    return Err(RepoError::Map {
+                        file: MAP_FILE.into(),
+                        message: format!(
+                            "`{src}` is a symlink or special file; only regular files are synced"
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(slot) = listings.get_mut(depth) {
+            *slot = listing;
+        }
+        Ok(())
     }
 
     fn item(&self, m: &Mapping, src: RelPath, dest: RelPath, meta: qpm_fs::Meta) -> Item {
@@ -402,6 +433,33 @@ mod tests {
         );
         assert_eq!(dev[1].mode, 0o640);
         assert!(r.items_for("nobody", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_directory_is_walked_in_path_order() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["b-x", "b/y", "b/y-z/1", "b/y.a", "b0", "a", "b.c/d"] {
+            let p = d.path().join("app").join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        std::fs::write(
+            d.path().join(MAP_FILE),
+            "[[file]]\nsrc = \"app\"\ndest = \"/etc/app\"\nto = [\"work\"]\n",
+        )
+        .unwrap();
+        let r = Repo::load(d.path()).unwrap();
+        let got: Vec<String> = r
+            .items_for("work", &[])
+            .unwrap()
+            .iter()
+            .map(|i| i.dest.to_string())
+            .collect();
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 7);
+        assert_eq!(got[0], "etc/app/a");
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct HashCache {
     index: Vec<(usize, usize)>,
     /// Entries hashed in this run (they replace those in `buf`).
     fresh: std::collections::BTreeMap<String, CacheEntry>,
+    /// Where the next lookup is tried first: files are looked up in path
+    /// order, so each is usually the entry after the last one found.
+    next: usize,
 }
 
 impl HashCache {
@@ -249,19 +252,24 @@ impl HashCache {
             buf,
             index,
             fresh: Default::default(),
+            next: 0,
         })
     }
 
     /// The entry stored for `path`.
-    fn get(&self, path: &str) -> Option<CacheEntry> {
+    fn get(&mut self, path: &str) -> Option<CacheEntry> {
         if let Some(e) = self.fresh.get(path) {
             return Some(e.clone());
         }
         let at = |&(s, l): &(usize, usize)| self.buf.get(s..s + l).unwrap_or_default();
-        let i = self
-            .index
-            .binary_search_by(|x| at(x).cmp(path.as_bytes()))
-            .ok()?;
+        let i = match self.index.get(self.next) {
+            Some(x) if at(x) == path.as_bytes() => self.next,
+            _ => self
+                .index
+                .binary_search_by(|x| at(x).cmp(path.as_bytes()))
+                .ok()?,
+        };
+        self.next = i + 1;
         let &(s, l) = self.index.get(i)?;
         Self::fixed(self.buf.get(s + l..)?)
     }
@@ -982,11 +990,17 @@ mod tests {
             c.fresh.insert(p.into(), entry(n));
         }
         let b = c.encode();
-        let d = HashCache::decode(b.clone()).unwrap();
+        let mut d = HashCache::decode(b.clone()).unwrap();
         assert_eq!(d.entries(), c.entries());
         assert!(d.fresh.is_empty());
         for (p, n) in [("b", 1), ("a/b", 2), ("a", 3), ("\u{e9}t\u{e9}", 4)] {
             assert_eq!(d.get(p), Some(entry(n)), "{p}");
+        }
+        // In order (each found where the last lookup left off), twice.
+        for _ in 0..2 {
+            for (p, e) in d.entries() {
+                assert_eq!(d.get(&p), Some(e), "{p}");
+            }
         }
         assert_eq!(d.get("a/c"), None);
         assert_eq!(d.get(""), None);
@@ -1022,7 +1036,7 @@ mod tests {
             }
             v
         };
-        let c = HashCache::decode(file(&[("z", 1), ("b/c", 2), ("b", 3)])).unwrap();
+        let mut c = HashCache::decode(file(&[("z", 1), ("b/c", 2), ("b", 3)])).unwrap();
         assert_eq!(c.get("z").map(|e| e.size), Some(1));
         assert_eq!(c.get("b/c").map(|e| e.size), Some(2));
         assert_eq!(c.get("b").map(|e| e.size), Some(3));
