@@ -81,8 +81,10 @@ pub fn serve(dir: &StateDir, opts: &ServeOptions, engine: Arc<dyn PolicyEngine>)
     sim.latency = Duration::from_millis(opts.latency_ms.unwrap_or(config.latency_ms));
     let sim = Arc::new(sim);
     let stop = Arc::new(AtomicBool::new(false));
-    let qubesd = bind(&dir.qubesd_socket())?;
+    // The router listens first: whoever waits for the qubesd socket to
+    // answer (tests, scripts) can then call through the router at once.
     let router_sock = bind(&dir.router_socket())?;
+    let qubesd = bind(&dir.qubesd_socket())?;
     let router = Arc::new(Router {
         sim: sim.clone(),
         dir: dir.clone(),
