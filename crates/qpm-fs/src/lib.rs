@@ -445,6 +445,24 @@ impl Listing {
     }
 }
 
+/// The kind of a directory entry from its type in the listing, or from a
+/// `stat` relative to the listed directory when the file system does not
+/// give one.
+fn entry_kind(ft: FileType, dir: rustix::io::Result<BorrowedFd<'_>>, name: &[u8]) -> Kind {
+    match ft {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Unknown => {
+            match dir.and_then(|fd| rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)) {
+                Ok(st) => meta_from(&st).kind,
+                Err(_) => Kind::Other,
+            }
+        }
+        _ => Kind::Other,
+    }
+}
+
 /// Ownership rules for existing directories on the way to a file.
 #[derive(Debug, Clone, Default)]
 pub struct DirPolicy {
@@ -917,18 +935,7 @@ impl Root {
             if name == b"." || name == b".." {
                 continue;
             }
-            let kind = match ent.file_type() {
-                FileType::RegularFile => Kind::File,
-                FileType::Directory => Kind::Dir,
-                FileType::Symlink => Kind::Symlink,
-                FileType::Unknown => {
-                    match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) => meta_from(&st).kind,
-                        Err(_) => Kind::Other,
-                    }
-                }
-                _ => Kind::Other,
-            };
+            let kind = entry_kind(ent.file_type(), Ok(self.fd.as_fd()), name);
             let start = out.names.len();
             out.names.extend_from_slice(name);
             out.ents.push((start, name.len(), kind));
@@ -968,19 +975,7 @@ impl Root {
             if name == b"." || name == b".." {
                 continue;
             }
-            let kind = match ent.file_type() {
-                FileType::RegularFile => Kind::File,
-                FileType::Directory => Kind::Dir,
-                FileType::Symlink => Kind::Symlink,
-                FileType::Unknown => match dir
-                    .fd()
-                    .and_then(|fd| rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW))
-                {
-                    Ok(st) => meta_from(&st).kind,
-                    Err(_) => Kind::Other,
-                },
-                _ => Kind::Other,
-            };
+            let kind = entry_kind(ent.file_type(), dir.fd(), name);
             out.push((name.to_vec(), kind));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
